@@ -1,0 +1,3 @@
+"""iddm: identity-decoupled personalization of text-to-image diffusion models."""
+
+__version__ = "0.1.0"

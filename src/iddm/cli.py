@@ -1,0 +1,123 @@
+"""The ``iddm`` command line: personalize, generate, faces, tiny-sd, evaluate, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from iddm.config import add_dataclass_arguments, config_from_namespace
+
+logger = logging.getLogger("iddm")
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file of options; command-line flags override it.")
+
+
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    from iddm.schedule import PersonalizeConfig, personalize
+
+    config = config_from_namespace(PersonalizeConfig, args)
+    if config.pretrained_model_name_or_path is None:
+        logger.warning(
+            "No --pretrained_model_name_or_path: using the offline micro backbone (a small pixel-space UNet trained "
+            "from scratch on 64x64 face crops). It is for trying iddm and measuring privacy on a CPU; its avatars "
+            "are low-resolution faces, not Stable Diffusion quality."
+        )
+    result = personalize(config)
+    print(f"Wrote {result.output_dir} ({result.steps} steps in {result.wall_seconds:.0f} s, final loss "
+          f"{result.final_loss:.4f}, privacy {result.privacy.label}).")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from iddm.diffusion.generate import GenerateConfig, run_generate
+
+    paths = run_generate(config_from_namespace(GenerateConfig, args))
+    print(f"Wrote {len(paths)} images and grid.png to {paths[0].parent}.")
+    return 0
+
+
+def _cmd_faces(args: argparse.Namespace) -> int:
+    from iddm.faces.report import faces_report, format_faces_report
+
+    report = faces_report([Path(p) for p in args.photos], args.backends)
+    print(json.dumps(report, indent=2) if args.json else format_faces_report(report))
+    return 0
+
+
+def _cmd_tiny_sd(args: argparse.Namespace) -> int:
+    from iddm.diffusion import save_tiny_sd_pipeline
+
+    path = save_tiny_sd_pipeline(args.output_dir, seed=args.seed, resolution=args.resolution)
+    print(f"Wrote a tiny random Stable Diffusion pipeline to {path} (random weights: it draws noise).")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from iddm.diffusion.generate import GenerateConfig
+    from iddm.schedule import PersonalizeConfig
+
+    parser = argparse.ArgumentParser(prog="iddm", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    personalize = commands.add_parser(
+        "personalize", help="Personalize a model on photos of one person, optionally with IDDM privacy."
+    )
+    _add_config_flag(personalize)
+    add_dataclass_arguments(personalize, PersonalizeConfig, "personalization")
+    personalize.set_defaults(func=_cmd_personalize)
+
+    generate = commands.add_parser("generate", help="Generate images from a base or personalized model.")
+    _add_config_flag(generate)
+    add_dataclass_arguments(generate, GenerateConfig, "generation")
+    generate.set_defaults(func=_cmd_generate)
+
+    faces = commands.add_parser("faces", help="Detect faces and compare photos under each face recognition model.")
+    faces.add_argument("photos", nargs="+", help="Photo files.")
+    faces.add_argument(
+        "--backends", nargs="+", default=["sface", "facenet", "dlib"], help="Face recognition models to compare with."
+    )
+    faces.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
+    faces.set_defaults(func=_cmd_faces)
+
+    tiny = commands.add_parser("tiny-sd", help="Write a tiny random Stable Diffusion pipeline (offline SD path).")
+    tiny.add_argument("--output_dir", type=Path, required=True, help="Folder to write the pipeline to.")
+    tiny.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
+    tiny.add_argument("--resolution", type=int, default=64, help="Image resolution in px.")
+    tiny.set_defaults(func=_cmd_tiny_sd)
+
+    _add_late_commands(commands)
+    return parser
+
+
+def _add_late_commands(commands) -> None:
+    """Commands of the evaluation layer, registered only when it is installed in this version."""
+    try:
+        from iddm.evaluate.cli import add_commands
+    except ImportError:
+        return
+    add_commands(commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "urllib3", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as err:
+        print(f"iddm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The attacker's view: linkability metrics, image quality and platform degradations (DESIGN.md §3)."""

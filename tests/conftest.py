@@ -1,0 +1,44 @@
+"""Shared fixtures: the real test photos of tests/fixtures/photos (see CREDITS.md there)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PHOTOS_DIR = Path(__file__).parent / "fixtures" / "photos"
+
+
+@pytest.fixture(scope="session")
+def photos_dir() -> Path:
+    """The folder of real face photos (one face each; ``<identity>_<n>.jpg``)."""
+    return PHOTOS_DIR
+
+
+@pytest.fixture(scope="session")
+def identity_photos(photos_dir: Path) -> dict[str, list[Path]]:
+    """Identity name (``obama``, ``macron``, ...) -> its photo paths, sorted."""
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(photos_dir.glob("*.jpg")):
+        groups[path.stem.rsplit("_", 1)[0]].append(path)
+    return dict(groups)
+
+
+@pytest.fixture(scope="session")
+def photo_paths(photos_dir: Path) -> list[Path]:
+    """All fixture photos, sorted by name."""
+    return sorted(photos_dir.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def detected_photos(photo_paths: list[Path]) -> dict:
+    """Photo stem -> ``(image uint8 (H, W, 3), DetectedFace)`` for every fixture photo (detected once)."""
+    from iddm.faces.detect import detect_single_face
+    from iddm.images import load_photo
+
+    result = {}
+    for path in photo_paths:
+        image = load_photo(path)
+        result[path.stem] = (image, detect_single_face(image, source=str(path)))
+    return result
