@@ -83,7 +83,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         return Path(value)
     if get_origin(tp) is tuple and isinstance(value, list):
         return tuple(value)
-    if tp is float and isinstance(value, int):
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        # YAML 1.1 reads exponents without a dot (`learning_rate: 1e-4`) as strings.
         return float(value)
     return value
 
@@ -94,7 +95,16 @@ def build_config(cls: type[T], values: dict[str, Any]) -> T:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"Unknown option(s) {unknown} for {cls.__name__}. Known options: {sorted(known)}")
-    return cls(**{k: _coerce(v, known[k]) for k, v in values.items()})
+    choices = {f.name: f.metadata.get("choices") for f, _ in _resolved_fields(cls)}
+    coerced = {}
+    for name, value in values.items():
+        try:
+            coerced[name] = _coerce(value, known[name])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Option {name} of {cls.__name__}: invalid value {value!r} ({err}).") from None
+        if choices[name] is not None and coerced[name] is not None and coerced[name] not in choices[name]:
+            raise ValueError(f"Option {name} of {cls.__name__} must be one of {choices[name]}, got {value!r}.")
+    return cls(**coerced)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

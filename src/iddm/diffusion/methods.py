@@ -16,7 +16,7 @@ from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 
 from iddm.diffusion.backbone import Backbone, PixelBackbone, StableDiffusionBackbone
@@ -74,14 +74,16 @@ def prepare_for_training(backbone: Backbone, settings: MethodSettings) -> str:
             )
         )
         if settings.train_text_encoder:
-            backbone.text_encoder.add_adapter(
+            # peft directly: transformers' own `add_adapter` demands a newer peft than is released.
+            inject_adapter_in_model(
                 LoraConfig(
                     r=settings.lora_rank,
                     lora_alpha=alpha,
                     lora_dropout=settings.lora_dropout,
                     init_lora_weights="gaussian",
                     target_modules=list(settings.text_encoder_target_modules),
-                )
+                ),
+                backbone.text_encoder,
             )
     if settings.train_text_encoder:
         trainable["text_encoder"] = backbone.text_encoder

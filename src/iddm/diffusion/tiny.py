@@ -106,6 +106,7 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
     )
     return StableDiffusionPipeline(
         vae=vae,

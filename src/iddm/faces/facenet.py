@@ -294,13 +294,18 @@ _BOTTLENECK_KEYS = {
 
 
 def convert_graph(path: str | Path) -> dict[str, torch.Tensor]:
-    """Map the constants of FaceNet's frozen graph onto :class:`InceptionResnetV1`'s state dict.
+    """:func:`state_dict_from_graph` of the frozen graph file at ``path``."""
+    return state_dict_from_graph(read_graph(path), source=path)
+
+
+def state_dict_from_graph(graph, source: str | Path = "the FaceNet graph") -> dict[str, torch.Tensor]:
+    """Map the constants of FaceNet's frozen ``GraphDef`` onto :class:`InceptionResnetV1`'s state dict.
 
     Convolution kernels are transposed from TF's HWIO to torch's OIHW, the bottleneck matrix from
     ``(in, out)`` to ``(out, in)``. Raises ``ValueError`` when the graph does not fill every parameter
     exactly once with the expected shape, or when its residual scales differ from :data:`RESIDUAL_SCALES`.
     """
-    constants = graph_constants(read_graph(path))
+    constants = graph_constants(graph)
     expected = {k: v for k, v in InceptionResnetV1().state_dict().items() if not k.endswith("num_batches_tracked")}
     state: dict[str, torch.Tensor] = {}
     prefix = GRAPH_SCOPE + "/"
@@ -332,7 +337,7 @@ def convert_graph(path: str | Path) -> dict[str, torch.Tensor]:
         state[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise ValueError(f"The FaceNet graph at {path} lacks {len(missing)} tensors, e.g. {missing[:3]}.")
+        raise ValueError(f"{source} lacks {len(missing)} tensors of Inception-ResNet-v1, e.g. {missing[:3]}.")
     return state
 
 
