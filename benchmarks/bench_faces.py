@@ -30,14 +30,17 @@ from iddm.images import load_photo
 PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
 
 
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_seconds(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Best wall time of each function; the functions take turns, so a busy machine slows all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    return [min(record) for record in times]
 
 
 def crops_for(recognizer, photos, batch: int) -> np.ndarray:
@@ -102,18 +105,27 @@ def main() -> None:
         crops = crops_for(sface, photos, batch)
         bgr = [np.ascontiguousarray(c[:, :, ::-1]) for c in crops]
         x = to_tensor(crops)
-        seconds = best_seconds(lambda: [cv_sface.feature(c) for c in bgr], args.repeats)
-        reference[("sface", batch)] = batch / seconds
-        rows.append(("cv2 FaceRecognizerSF (reference)", batch, batch / seconds, "sface"))
-        with torch.inference_mode():
-            seconds = best_seconds(lambda: sface.embed(x), args.repeats)
-        rows.append(("SFace torch, inference", batch, batch / seconds, "sface"))
         xg = x.clone().requires_grad_(True)
-        seconds = best_seconds(lambda: torch.autograd.grad(sface.embed(xg).sum(), xg), args.repeats)
-        rows.append(("SFace torch, forward+backward", batch, batch / seconds, "sface"))
         x_dlib = to_tensor(crops_for(dlib_resnet, photos, batch))
-        seconds = best_seconds(lambda: dlib_resnet.embed(x_dlib), max(1, args.repeats // 2))
-        rows.append(("dlib ResNet (no reference)", batch, batch / seconds, ""))
+
+        def torch_inference(x=x):
+            with torch.inference_mode():
+                return sface.embed(x)
+
+        seconds = best_seconds(
+            [
+                lambda bgr=bgr: [cv_sface.feature(c) for c in bgr],
+                torch_inference,
+                lambda xg=xg: torch.autograd.grad(sface.embed(xg).sum(), xg),
+                lambda x_dlib=x_dlib: dlib_resnet.embed(x_dlib),
+            ],
+            args.repeats,
+        )
+        reference[("sface", batch)] = batch / seconds[0]
+        rows.append(("cv2 FaceRecognizerSF (reference)", batch, batch / seconds[0], "sface"))
+        rows.append(("SFace torch, inference", batch, batch / seconds[1], "sface"))
+        rows.append(("SFace torch, forward+backward", batch, batch / seconds[2], "sface"))
+        rows.append(("dlib ResNet (no reference)", batch, batch / seconds[3], ""))
 
     try:
         from iddm.faces.facenet import FaceNet
@@ -143,14 +155,21 @@ def main() -> None:
                         out.append(cv_facenet.forward())
                     return out
 
-                seconds = best_seconds(run_cv, args.repeats)
-                reference[("facenet", batch)] = batch / seconds
-                rows.append(("cv2.dnn FaceNet graph (reference)", batch, batch / seconds, "facenet"))
-            with torch.inference_mode():
-                seconds = best_seconds(lambda: facenet.embed(x), args.repeats)
+            def facenet_inference(x=x):
+                with torch.inference_mode():
+                    return facenet.embed(x)
+
+            if cv_facenet is not None:
+                cv_seconds, seconds = best_seconds([run_cv, facenet_inference], args.repeats)
+                reference[("facenet", batch)] = batch / cv_seconds
+                rows.append(("cv2.dnn FaceNet graph (reference)", batch, batch / cv_seconds, "facenet"))
+            else:
+                (seconds,) = best_seconds([facenet_inference], args.repeats)
             rows.append(("FaceNet torch, inference", batch, batch / seconds, "facenet"))
 
-    print(f"CPU, {args.threads} threads, torch {torch.__version__}, OpenCV {cv2.__version__}; best of {args.repeats}\n")
+    print(
+        f"CPU, {args.threads} threads, torch {torch.__version__}, OpenCV {cv2.__version__}; best of {args.repeats}\n"
+    )
     print("| backend | batch | faces/s | vs reference |")
     print("|---|---:|---:|---:|")
     for name, batch, rate, ref in rows:

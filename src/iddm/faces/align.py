@@ -94,9 +94,7 @@ def similarity_transform(landmarks: np.ndarray, template: np.ndarray) -> np.ndar
     return np.asarray(transform.params[:2], dtype=np.float64)
 
 
-def align_crop(
-    image: np.ndarray, landmarks: np.ndarray, template: np.ndarray, size: Size
-) -> np.ndarray:
+def align_crop(image: np.ndarray, landmarks: np.ndarray, template: np.ndarray, size: Size) -> np.ndarray:
     """Crop and align a face with OpenCV (bilinear, black outside the photo).
 
     Args:
@@ -125,9 +123,7 @@ def _pixel_to_normalized(height: int, width: int, like: torch.Tensor) -> torch.T
     return like.new_tensor([[2.0 / width, 0.0, 1.0 / width - 1.0], [0.0, 2.0 / height, 1.0 / height - 1.0], [0, 0, 1]])
 
 
-def resize_matrices(
-    matrices: torch.Tensor | np.ndarray, from_size: Size, to_size: Size
-) -> torch.Tensor | np.ndarray:
+def resize_matrices(matrices: torch.Tensor | np.ndarray, from_size: Size, to_size: Size) -> torch.Tensor | np.ndarray:
     """Re-express image->crop matrices for the same image resized from ``from_size`` to ``to_size``.
 
     Args:
@@ -252,7 +248,7 @@ class FaceAligner:
         return len(self.image_sizes)
 
     def matrices_for(self, size: Size, indices: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, 2, 3)`` float64 matrices for images of ``size`` ``(height, width)``, photos ``indices`` (default all)."""
+        """``(B, 2, 3)`` float64 matrices for ``(height, width)`` images of photos ``indices`` (default all)."""
         if indices is None:
             indices = range(len(self))
         indices = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]

@@ -83,8 +83,12 @@ class DlibResNet(FaceRecognizer):
 
     def __init__(self) -> None:
         self._dlib = _import_dlib()
-        self._net = self._dlib.face_recognition_model_v1(str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")))
-        self._shape_predictor = self._dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
+        self._net = self._dlib.face_recognition_model_v1(
+            str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat"))
+        )
+        self._shape_predictor = self._dlib.shape_predictor(
+            str(dlib_model_file("shape_predictor_5_face_landmarks.dat"))
+        )
         (left, top), (right, bottom) = np.round(_RECT_200).astype(int)
         self._rect = self._dlib.rectangle(int(left), int(top), int(right), int(bottom))
 

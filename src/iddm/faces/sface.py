@@ -159,7 +159,7 @@ def convert_sface_onnx(path: Path) -> dict[str, torch.Tensor]:
 
 
 class SFaceNet(nn.Module):
-    """The SFace network with batch norms folded: ``(N, 3, 112, 112)`` RGB in ``0..255`` -> ``(N, 128)`` raw features."""
+    """SFace with batch norms folded: ``(N, 3, 112, 112)`` RGB in ``0..255`` -> ``(N, 128)`` unnormalized features."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,194 @@
+"""IDDM: privacy knob, data steps, targeted variant, two-stage schedule, resume, SD path end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from iddm.config import build_config
+from iddm.decouple import IdentityLoss, build_data_optimizer, parse_level, resolve_privacy
+from iddm.decouple.data_step import DataOptimizer
+from iddm.diffusion import PixelBackbone, prepare_photos, save_tiny_sd_pipeline
+from iddm.faces import load_recognizer
+from iddm.schedule import PersonalizeConfig, StagePlan, personalize
+
+FAST = dict(
+    resolution=32,
+    max_train_steps=6,
+    train_batch_size=2,
+    checkpointing_steps=0,
+    validation_steps=0,
+    num_validation_images=1,
+    num_inference_steps=2,
+    surrogates=["sface"],
+    eot=["jpeg", "blur"],
+)
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory, identity_photos) -> Path:
+    folder = tmp_path_factory.mktemp("obama_train")
+    for path in identity_photos["obama"][:3]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos64(train_dir):
+    return prepare_photos(train_dir, resolution=64)
+
+
+def _config(photos: Path, output_dir: Path, **overrides) -> PersonalizeConfig:
+    return build_config(PersonalizeConfig, {"photos": photos, "output_dir": output_dir, **FAST, **overrides})
+
+
+def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_privacy_levels_parse_and_map_monotonically():
+    assert parse_level("off") == (0.0, "off") and parse_level("HIGH") == (1.0, "high")
+    assert parse_level("0.5") == (0.5, "0.50")
+    for bad in ("max", "1.5", "-0.1"):
+        with pytest.raises(ValueError, match="privacy"):
+            parse_level(bad)
+    settings = [resolve_privacy(_config(Path("."), Path("."), privacy=level)) for level in ("off", "low", "medium", "high")]
+    assert not settings[0].enabled and all(s.enabled for s in settings[1:])
+    assert [s.epsilon for s in settings] == sorted(s.epsilon for s in settings)
+    assert settings[-1].epsilon == pytest.approx(16 / 255)
+    overridden = resolve_privacy(_config(Path("."), Path("."), privacy="high", epsilon=0.01, data_steps=2))
+    assert overridden.epsilon == 0.01 and overridden.data_steps == 2
+
+
+def test_privacy_off_is_vanilla_bit_for_bit(train_dir, tmp_path):
+    personalize(_config(train_dir, tmp_path / "vanilla"))
+    personalize(_config(train_dir, tmp_path / "off", privacy="off"))
+    personalize(_config(train_dir, tmp_path / "zero", privacy="0"))
+    vanilla = _weights(tmp_path / "vanilla")
+    for name in ("off", "zero"):
+        other = _weights(tmp_path / name)
+        assert all(torch.equal(vanilla[k], other[k]) for k in vanilla)
+    assert not (tmp_path / "off" / "decoupled_photos").exists()
+
+
+def test_one_data_step_lowers_identity_loss_and_respects_epsilon(photos64):
+    config = _config(Path("."), Path("."), privacy="high", eot=[], lambda_gen=0.0, step_size=4 / 255)
+    settings = resolve_privacy(config)
+    optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
+    backbone = PixelBackbone.from_scratch(64)
+    clean = photos64.images
+    indices = torch.arange(len(clean))
+    before, _ = optimizer.identity(clean, indices)
+    generator = torch.Generator().manual_seed(0)
+    optimizer.step(backbone, clean, "a photo of sks person", generator)
+    after, _ = optimizer.identity(optimizer.perturbed(clean), indices)
+    assert after.item() < before.item() - 0.01
+    assert optimizer.delta.abs().max().item() <= settings.epsilon + 1e-7
+    perturbed = optimizer.perturbed(clean)
+    assert perturbed.min() >= 0 and perturbed.max() <= 1
+    # Many steps stay inside the budget too, and the generation proxy term runs.
+    optimizer.settings = resolve_privacy(_config(Path("."), Path("."), privacy="high", eot=["jpeg"]))
+    record = optimizer.run_round(backbone, clean, "a photo of sks person", 3, generator)
+    assert record["linf"] <= settings.epsilon + 1e-7 and np.isfinite(record["surrogate_cos_x0"]["sface"])
+    assert record["psnr_db"] > 20
+
+
+def test_targeted_variant_pulls_toward_the_decoy(photos64, identity_photos):
+    decoy = identity_photos["biden"][0]
+    base = dict(privacy="high", eot=[], lambda_gen=0.0, step_size=2 / 255)
+    untargeted = resolve_privacy(_config(Path("."), Path("."), **base))
+    targeted = resolve_privacy(_config(Path("."), Path("."), **base, decoy=decoy))
+    backbone = PixelBackbone.from_scratch(64)
+    clean = photos64.images
+    results = {}
+    for name, settings in (("untargeted", untargeted), ("targeted", targeted)):
+        optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(4):
+            optimizer.step(backbone, clean, "a photo of sks person", generator)
+        results[name] = optimizer
+    decoy_embedding = results["targeted"].identity.decoys["sface"]
+    identity: IdentityLoss = results["targeted"].identity
+    sface = identity.recognizers[0]
+    indices = torch.arange(len(clean))
+
+    def decoy_cosine(images):
+        return (identity.embed(sface, images, indices) @ decoy_embedding).mean().item()
+
+    assert decoy_cosine(results["targeted"].perturbed(clean)) > decoy_cosine(clean) + 0.05
+    assert decoy_cosine(results["targeted"].perturbed(clean)) > decoy_cosine(results["untargeted"].perturbed(clean))
+
+
+def test_stage_plan_counts():
+    plan = StagePlan.from_fraction(total_steps=1500, stage1_fraction=2 / 3, round_steps=50, data_steps=5)
+    assert (plan.rounds, plan.stage1_steps, plan.stage2_steps, plan.total_data_steps) == (20, 1000, 500, 100)
+    rounds_after = [s for s in range(1500) if plan.data_round_after(s)]
+    assert rounds_after == list(range(49, 1000, 50))
+    assert plan.stage(999) == 1 and plan.stage(1000) == 2
+    assert StagePlan.from_fraction(100, 0.5, 10, 0).rounds == 0
+    with pytest.raises(ValueError):
+        StagePlan.from_fraction(100, 1.5, 10, 1)
+
+
+def test_schedule_runs_the_configured_rounds_and_writes_audit_outputs(train_dir, tmp_path):
+    out = tmp_path / "iddm"
+    personalize(_config(train_dir, out, privacy="high", round_steps=2, stage1_fraction=0.67, data_steps=2))
+    log = json.loads((out / "iddm_log.json").read_text())
+    assert log["plan"] == {"total_steps": 6, "round_steps": 2, "rounds": 2, "data_steps": 2}
+    assert [r["step"] for r in log["rounds"]] == [2, 4]
+    for record in log["rounds"]:
+        assert set(record["surrogate_cos_x0"]) == set(record["surrogate_cos_data"]) == {"sface"}
+        assert record["linf"] <= 16 / 255 + 1e-6 and record["psnr_db"] > 20 and 0 < record["ssim"] <= 1
+    decoupled = sorted((out / "decoupled_photos").glob("*.png"))
+    assert [p.stem for p in decoupled] == sorted(p.stem for p in train_dir.iterdir())
+    with Image.open(decoupled[0]) as image:
+        assert image.size == (32, 32) and not image.getexif()
+    assert (out / "iddm_log.png").is_file()
+    card = (out / "README.md").read_text()
+    assert "White-box face recognition surrogates" in card and "sface" in card
+    run = json.loads((out / "iddm_run.json").read_text())
+    assert run["surrogates"] == ["sface"] and run["privacy"]["label"] == "high"
+
+
+def test_resume_in_stage1_equals_uninterrupted(train_dir, tmp_path):
+    settings = dict(privacy="high", round_steps=2, stage1_fraction=0.67, data_steps=2, checkpointing_steps=2)
+    full = tmp_path / "full"
+    personalize(_config(train_dir, full, **settings, checkpoints_total_limit=None))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    # Only checkpoint-2 survives: resume from inside Stage 1, with δ restored from the checkpoint.
+    shutil.copytree(full / "checkpoint-2", partial / "checkpoint-2")
+    personalize(_config(train_dir, partial, **settings, resume_from_checkpoint="latest"))
+    a, b = _weights(full), _weights(partial)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for path in (full / "decoupled_photos").glob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(partial / "decoupled_photos" / path.name)))
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth"])
+def test_iddm_on_tiny_stable_diffusion(method, train_dir, tmp_path):
+    tiny = save_tiny_sd_pipeline(tmp_path / "tiny")
+    out = tmp_path / method
+    config = _config(
+        train_dir, out, pretrained_model_name_or_path=str(tiny), method=method, resolution=None, privacy="medium",
+        max_train_steps=2, round_steps=1, stage1_fraction=0.5, data_steps=1, learning_rate=1e-2,
+    )
+    personalize(config)
+    log = json.loads((out / "iddm_log.json").read_text())
+    assert len(log["rounds"]) == 1 and np.isfinite(log["rounds"][0]["surrogate_cos_x0"]["sface"])
+    assert len(list((out / "decoupled_photos").glob("*.png"))) == 3
+    expected = "pytorch_lora_weights.safetensors" if method == "lora" else "model_index.json"
+    assert (out / expected).is_file()
+
+
+def test_surrogate_must_be_differentiable(photos64):
+    with pytest.raises(ValueError, match="not differentiable"):
+        IdentityLoss([load_recognizer("dlib")], [1.0], photos64.images, photos64.landmarks)
+    assert isinstance(DataOptimizer, type)
