@@ -255,7 +255,7 @@ def personalize(config: PersonalizeConfig) -> RunResult:
         postfix = {"loss": f"{loss_value:.4f}", "stage": plan.stage(step) if privacy.enabled else "-"}
         if data_optimizer is not None and history["rounds"]:
             postfix["id_cos"] = f"{history['rounds'][-1]['surrogate_cos_x0_mean']:.3f}"
-        progress.set_postfix(postfix)
+        progress.set_postfix(postfix, refresh=False)
 
         done = step + 1
         if config.checkpointing_steps > 0 and done % config.checkpointing_steps == 0 and done < config.max_train_steps:
@@ -313,8 +313,9 @@ def _move_to_device(backbone: Backbone, device: torch.device, dtype: torch.dtype
     if isinstance(backbone, PixelBackbone):
         backbone.context.data = backbone.context.data.to(device)
         return
-    backbone.vae.to(device, dtype=dtype)
-    backbone.text_encoder.to(device, dtype=torch.float32 if train_text_encoder else dtype)
+    backbone.vae.to(device, **({"dtype": dtype} if dtype != torch.float32 else {}))
+    text_dtype = torch.float32 if train_text_encoder else dtype
+    backbone.text_encoder.to(device, **({"dtype": text_dtype} if text_dtype != torch.float32 else {}))
 
 
 def _write_decoupled(output_dir: Path, photos: TrainingPhotos, perturbed: torch.Tensor) -> None:
