@@ -73,13 +73,21 @@ def run_reference(model: str, photos: str, args: dict, queue) -> None:
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False).to(device)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]
+        )
+    )
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     images = prepare_photos(photos, resolution=args["resolution"], crop="portrait").images.to(device)
-    ids = tokenizer(["a photo of sks person"] * args["batch"], padding="max_length", max_length=77,
-                    truncation=True, return_tensors="pt").input_ids.to(device)
+    ids = tokenizer(
+        ["a photo of sks person"] * args["batch"],
+        padding="max_length",
+        max_length=77,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
     with torch.no_grad():
         context = text_encoder(ids)[0]
     unet.train()
@@ -136,13 +144,17 @@ def main() -> int:
         results["iddm"].append(measure(run_iddm, model, str(photos), settings))
     best = {name: max(runs, key=lambda r: r["steps_per_s"]) for name, runs in results.items()}
     ref = best["reference"]
-    print(f"\nLoRA personalization, {args.steps} steps, batch {args.batch}, {args.resolution} px, {device}, "
-          f"{'tiny random SD' if args.model is None else args.model}, best of {args.repeats}\n")
+    print(
+        f"\nLoRA personalization, {args.steps} steps, batch {args.batch}, {args.resolution} px, {device}, "
+        f"{'tiny random SD' if args.model is None else args.model}, best of {args.repeats}\n"
+    )
     print("| loop | steps/s | ratio to reference | peak memory (MB) | ratio |")
     print("|---|---|---|---|---|")
     for name, row in best.items():
-        print(f"| {name} | {row['steps_per_s']:.2f} | {row['steps_per_s'] / ref['steps_per_s']:.3f} | "
-              f"{row['peak_mb']:.0f} | {row['peak_mb'] / ref['peak_mb']:.3f} |")
+        print(
+            f"| {name} | {row['steps_per_s']:.2f} | {row['steps_per_s'] / ref['steps_per_s']:.3f} | "
+            f"{row['peak_mb']:.0f} | {row['peak_mb'] / ref['peak_mb']:.3f} |"
+        )
     print("\n" + json.dumps({"results": results}))
     shutil.rmtree(work, ignore_errors=True)
     return 0

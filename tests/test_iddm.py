@@ -59,7 +59,9 @@ def test_privacy_levels_parse_and_map_monotonically():
     for bad in ("max", "1.5", "-0.1"):
         with pytest.raises(ValueError, match="privacy"):
             parse_level(bad)
-    settings = [resolve_privacy(_config(Path("."), Path("."), privacy=level)) for level in ("off", "low", "medium", "high")]
+    settings = [
+        resolve_privacy(_config(Path("."), Path("."), privacy=level)) for level in ("off", "low", "medium", "high")
+    ]
     assert not settings[0].enabled and all(s.enabled for s in settings[1:])
     assert [s.epsilon for s in settings] == sorted(s.epsilon for s in settings)
     assert settings[-1].epsilon == pytest.approx(16 / 255)
@@ -169,7 +171,9 @@ def test_resume_in_stage1_equals_uninterrupted(train_dir, tmp_path):
     a, b = _weights(full), _weights(partial)
     assert all(torch.equal(a[k], b[k]) for k in a)
     for path in (full / "decoupled_photos").glob("*.png"):
-        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(partial / "decoupled_photos" / path.name)))
+        assert np.array_equal(
+            np.asarray(Image.open(path)), np.asarray(Image.open(partial / "decoupled_photos" / path.name))
+        )
 
 
 @pytest.mark.parametrize("method", ["lora", "dreambooth"])
@@ -177,8 +181,17 @@ def test_iddm_on_tiny_stable_diffusion(method, train_dir, tmp_path):
     tiny = save_tiny_sd_pipeline(tmp_path / "tiny")
     out = tmp_path / method
     config = _config(
-        train_dir, out, pretrained_model_name_or_path=str(tiny), method=method, resolution=None, privacy="medium",
-        max_train_steps=2, round_steps=1, stage1_fraction=0.5, data_steps=1, learning_rate=1e-2,
+        train_dir,
+        out,
+        pretrained_model_name_or_path=str(tiny),
+        method=method,
+        resolution=None,
+        privacy="medium",
+        max_train_steps=2,
+        round_steps=1,
+        stage1_fraction=0.5,
+        data_steps=1,
+        learning_rate=1e-2,
     )
     personalize(config)
     log = json.loads((out / "iddm_log.json").read_text())

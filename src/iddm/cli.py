@@ -28,8 +28,10 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
             "are low-resolution faces, not Stable Diffusion quality."
         )
     result = personalize(config)
-    print(f"Wrote {result.output_dir} ({result.steps} steps in {result.wall_seconds:.0f} s, final loss "
-          f"{result.final_loss:.4f}, privacy {result.privacy.label}).")
+    print(
+        f"Wrote {result.output_dir} ({result.steps} steps in {result.wall_seconds:.0f} s, final loss "
+        f"{result.final_loss:.4f}, privacy {result.privacy.label})."
+    )
     return 0
 
 

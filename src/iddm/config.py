@@ -113,7 +113,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"Config file {path} does not exist.")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"Config file {path} must hold a mapping of option names to values, got {type(data).__name__}.")
+        raise ValueError(
+            f"Config file {path} must hold a mapping of option names to values, got {type(data).__name__}."
+        )
     return data
 
 

@@ -83,7 +83,8 @@ def load_photo(path: str | Path, max_side: int = MAX_SIDE) -> np.ndarray:
         raise PhotoError(f"{path}: cannot decode the image ({err}); the file looks corrupt or truncated.") from None
     if min(image.size) < MIN_SIDE:
         raise PhotoError(
-            f"{path}: image is {image.size[0]}x{image.size[1]} px; at least {MIN_SIDE} px on the shorter side is needed."
+            f"{path}: image is {image.size[0]}x{image.size[1]} px; "
+            f"at least {MIN_SIDE} px on the shorter side is needed."
         )
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -134,7 +135,9 @@ def ensure_writable_dir(folder: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".iddm-write-test-"):
             pass
     except OSError as err:
-        raise PermissionError(f"Output folder {folder} is not writable ({err.strerror}). Choose another folder.") from None
+        raise PermissionError(
+            f"Output folder {folder} is not writable ({err.strerror}). Choose another folder."
+        ) from None
     return folder
 
 

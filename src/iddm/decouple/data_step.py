@@ -37,6 +37,22 @@ class DataOptimizer:
         self.settings = settings
         self.identity = identity
         self.delta = torch.zeros(shape, device=device)
+        self.data_only = False
+        """When set, the generation-proxy term is skipped (the cloak baseline attacks the photos alone)."""
+
+    def initialize(self, backbone: Backbone, clean: torch.Tensor, prompt: str, generator: torch.Generator) -> dict:
+        """Set δ before training: random for ``noise``, a one-shot FR cloak for ``cloak``; else δ stays 0."""
+        s = self.settings
+        if s.defense == "noise":
+            uniform = torch.rand(self.delta.shape, generator=generator).to(self.delta)
+            self.delta = (clean + (uniform * 2 - 1) * s.epsilon).clamp(0, 1) - clean
+        elif s.defense == "cloak":
+            self.data_only = True
+            try:
+                return self.run_round(backbone, clean, prompt, s.cloak_steps, generator)
+            finally:
+                self.data_only = False
+        return self.summary(clean)
 
     def perturbed(self, clean: torch.Tensor) -> torch.Tensor:
         """``X + δ`` ``(N, 3, R, R)`` in ``[0, 1]`` (no gradient)."""
@@ -50,7 +66,13 @@ class DataOptimizer:
         images = (clean + delta).clamp(0, 1)
         loss = images.new_zeros(())
         logged: dict = {}
-        if s.lambda_gen > 0:
+        if s.defense == "aspl":
+            # Anti-personalization: make the photos as hard as possible to learn for the current model.
+            loss = -backbone.training_loss(images, [prompt] * len(images), generator).mean()
+            with torch.no_grad():
+                _, logged["data"] = self.identity(images, indices)
+            return loss, logged
+        if s.lambda_gen > 0 and not self.data_only:
             x0 = backbone.denoised_estimate(images, [prompt] * len(images), generator, s.max_denoise_timestep)
             id_loss, logged["x0"] = self.identity(sample_transform(s.eot, generator)(x0.float()), indices)
             loss = loss + s.lambda_gen * id_loss
@@ -82,7 +104,9 @@ class DataOptimizer:
         names = [r.name for r in self.identity.recognizers]
         last = logs[-1]
         with torch.no_grad():
-            data_cos = {k: float(v.mean()) for k, v in self.identity.cosines(self.perturbed(clean), _all(clean)).items()}
+            data_cos = {
+                k: float(v.mean()) for k, v in self.identity.cosines(self.perturbed(clean), _all(clean)).items()
+            }
         x0_cos = last.get("x0", {n: float("nan") for n in names})
         return {
             "surrogate_cos_x0": x0_cos,
@@ -140,9 +164,7 @@ def _decoy_embeddings(path: str, recognizers) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_data_optimizer(
-    settings: PrivacySettings, photos: TrainingPhotos, device: torch.device
-) -> DataOptimizer:
+def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, device: torch.device) -> DataOptimizer:
     """Load the surrogates, compute the user's anchors on the clean photos, and start from δ = 0."""
     recognizers = [load_recognizer(name).to(device) for name in settings.surrogates]
     decoys = _decoy_embeddings(settings.decoy, recognizers) if settings.decoy else None

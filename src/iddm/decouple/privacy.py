@@ -16,6 +16,11 @@ lambda_model           0.0                         (Stage 2 model-side term, off
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
+
+The same machinery runs the baselines at the same budget (``defense``): ``noise`` (δ uniform in
+``[-ε, ε]``, frozen), ``cloak`` (``cloak_steps`` data steps on the photos alone, ``λ_gen = 0``, before
+training; Fawkes/LowKey-style), and ``aspl`` (Anti-DreamBooth-style: the data steps maximize the
+personalization loss of the current model instead of minimizing identity similarity).
 """
 
 from __future__ import annotations
@@ -44,10 +49,19 @@ class PrivacySettings:
     eot: tuple[str, ...]
     decoy: str | None
     max_denoise_timestep: int
+    defense: str = "iddm"
+    cloak_steps: int = 60
 
     @property
     def enabled(self) -> bool:
-        return self.level > 0 and self.epsilon > 0 and self.data_steps > 0
+        if self.level <= 0 or self.epsilon <= 0:
+            return False
+        return self.defense in ("noise", "cloak") or self.data_steps > 0
+
+    @property
+    def alternates(self) -> bool:
+        """Whether Stage 1 interleaves data rounds with personalization (IDDM and ASPL do; noise and cloak don't)."""
+        return self.enabled and self.defense in ("iddm", "aspl")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "enabled": self.enabled}
@@ -77,7 +91,9 @@ def resolve_privacy(config) -> PrivacySettings:
 
     epsilon = pick(config.epsilon, MAX_EPSILON * level)
     surrogates = tuple(config.surrogates)
-    weights = tuple(config.surrogate_weights) if config.surrogate_weights else (1.0 / len(surrogates),) * len(surrogates)
+    weights = (
+        tuple(config.surrogate_weights) if config.surrogate_weights else (1.0 / len(surrogates),) * len(surrogates)
+    )
     if len(weights) != len(surrogates):
         raise ValueError(f"Got {len(weights)} surrogate weights for {len(surrogates)} surrogates {surrogates}.")
     if not 0 <= epsilon <= 1:
@@ -99,4 +115,6 @@ def resolve_privacy(config) -> PrivacySettings:
         eot=tuple(config.eot),
         decoy=str(config.decoy) if config.decoy else None,
         max_denoise_timestep=config.max_denoise_timestep,
+        defense=config.defense,
+        cloak_steps=config.cloak_steps,
     )

@@ -65,7 +65,9 @@ def differentiable_jpeg(images: torch.Tensor, quality: float) -> torch.Tensor:
     dct = _dct_matrix().to(images)
 
     def quantize(channel: torch.Tensor, table: list[int]) -> torch.Tensor:
-        q = torch.clamp(torch.floor(torch.tensor(table, dtype=images.dtype, device=images.device) * scale + 0.5), min=1)
+        q = torch.clamp(
+            torch.floor(torch.tensor(table, dtype=images.dtype, device=images.device) * scale + 0.5), min=1
+        )
         h, w = channel.shape[-2:]
         blocks = channel.reshape(-1, h // 8, 8, w // 8, 8).transpose(2, 3) - 128
         coefficients = dct @ blocks @ dct.T
@@ -103,10 +105,25 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, kernel.transpose(2, 3), groups=images.shape[1])
 
 
+def _random_jpeg(generator: torch.Generator) -> Transform:
+    quality = float(torch.randint(50, 96, (1,), generator=generator))
+    return lambda x: differentiable_jpeg(x, quality)
+
+
+def _random_resize(generator: torch.Generator) -> Transform:
+    scale = 0.5 + 0.4 * float(torch.rand(1, generator=generator))
+    return lambda x: down_up_resize(x, scale)
+
+
+def _random_blur(generator: torch.Generator) -> Transform:
+    sigma = 0.5 + float(torch.rand(1, generator=generator))
+    return lambda x: gaussian_blur(x, sigma)
+
+
 EOT_TRANSFORMS: dict[str, Callable[[torch.Generator], Transform]] = {
-    "jpeg": lambda g: (lambda x, q=float(torch.randint(50, 96, (1,), generator=g)): differentiable_jpeg(x, q)),
-    "resize": lambda g: (lambda x, s=0.5 + 0.4 * float(torch.rand(1, generator=g)): down_up_resize(x, s)),
-    "blur": lambda g: (lambda x, s=0.5 + float(torch.rand(1, generator=g)): gaussian_blur(x, s)),
+    "jpeg": _random_jpeg,  # quality 50..95
+    "resize": _random_resize,  # down to 0.5..0.9 and back
+    "blur": _random_blur,  # sigma 0.5..1.5 px
 }
 """Name -> factory drawing that transform's random strength from a generator."""
 

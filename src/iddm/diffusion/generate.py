@@ -60,8 +60,11 @@ def generate_images(backbone: Backbone, config: GenerateConfig) -> list[np.ndarr
         latents = []
         for i in range(len(batch)):
             generator = torch.Generator().manual_seed(config.seed + start + i)
-            latents.append(backbone.sample([batch[i]], generator, config.num_inference_steps, config.guidance_scale,
-                                           config.negative_prompt))
+            latents.append(
+                backbone.sample(
+                    [batch[i]], generator, config.num_inference_steps, config.guidance_scale, config.negative_prompt
+                )
+            )
         images.extend(to_uint8(x[0]) for x in latents)
     return images
 

@@ -108,7 +108,10 @@ def save_personalized(backbone: Backbone, method: str, output_dir: Path) -> None
         if "text_encoder" in backbone.trainable_modules():
             text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(backbone.text_encoder))
         StableDiffusionPipeline.save_lora_weights(
-            output_dir, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, weight_name=LORA_WEIGHT_NAME
+            output_dir,
+            unet_lora_layers=unet_layers,
+            text_encoder_lora_layers=text_layers,
+            weight_name=LORA_WEIGHT_NAME,
         )
     else:
         pipeline = StableDiffusionPipeline(

@@ -31,8 +31,10 @@ class PersonalizeConfig:
     class_data_dir: Path | None = field(None, help="Cache folder of class images (default: OUTPUT/class_images).")
     resolution: int | None = field(None, help="Training resolution in px (default: 64 micro, model's own for SD).")
     crop: str | None = field(
-        None, help="'aligned' (5-point face alignment) or 'portrait' (square around the face). Default: "
-        "aligned for the micro backbone, portrait for SD.", choices=["aligned", "portrait"]
+        None,
+        help="'aligned' (5-point face alignment) or 'portrait' (square around the face). Default: "
+        "aligned for the micro backbone, portrait for SD.",
+        choices=["aligned", "portrait"],
     )
     train_batch_size: int = field(4, help="Images per personalization step.")
     max_train_steps: int = field(1500, help="Personalization steps in total (both IDDM stages together).")
@@ -82,4 +84,15 @@ class PersonalizeConfig:
         ["jpeg", "resize", "blur"], help="Robustness transforms drawn per data step (expectation over transforms)."
     )
     decoy: Path | None = field(None, help="Targeted variant: a photo of a decoy identity to pull toward.")
+    defense: str = field(
+        "iddm",
+        help="'iddm' (alternating identity decoupling); baselines at the same epsilon: 'noise' (uniform random "
+        "±epsilon, frozen), 'cloak' (one-shot FR cloak of the photos, then ordinary training), 'aspl' "
+        "(Anti-DreamBooth-style: data steps maximize the personalization loss).",
+        choices=["iddm", "noise", "cloak", "aspl"],
+    )
+    cloak_steps: int = field(60, help="Data steps of the 'cloak' baseline, all before training.")
+    perturbation_from: Path | None = field(
+        None, help="Train on the frozen decoupled photos of an earlier run (its output_dir), e.g. after 'aspl'."
+    )
     max_denoise_timestep: int = field(500, help="x̂0 proxy: timesteps drawn below this (less noise = sharper faces).")

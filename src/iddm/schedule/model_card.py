@@ -28,7 +28,12 @@ def write_model_card(output_dir: Path, config, backbone, method: str, privacy, p
             f"pipe = StableDiffusionPipeline.from_pretrained({str(output_dir)!r})\n"
             f"image = pipe({config.instance_prompt!r}).images[0]\n"
         )
-    if privacy.enabled:
+    if privacy.enabled and privacy.defense != "iddm":
+        privacy_text = (
+            f"Baseline defense **{privacy.defense}** at privacy level {privacy.label} (epsilon "
+            f"{privacy.epsilon * 255:.1f}/255). Not IDDM: kept for comparison."
+        )
+    elif privacy.enabled:
         surrogates = ", ".join(privacy.surrogates)
         privacy_text = (
             f"IDDM privacy level **{privacy.label}** (value {privacy.level:.2f}): epsilon {privacy.epsilon:.4f} "

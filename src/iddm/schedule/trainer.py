@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from iddm.config import config_to_dict
@@ -50,6 +51,7 @@ from iddm.schedule.plan import StagePlan
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "iddm_run.json"
+DELTA_FILE = "decoupled_delta.safetensors"
 LOG_FILE = "iddm_log.json"
 
 
@@ -180,15 +182,18 @@ def personalize(config: PersonalizeConfig) -> RunResult:
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
 
     plan = StagePlan.from_fraction(
-        config.max_train_steps, privacy.stage1_fraction, privacy.round_steps, privacy.data_steps
+        config.max_train_steps,
+        privacy.stage1_fraction,
+        privacy.round_steps,
+        privacy.data_steps if privacy.alternates and config.perturbation_from is None else 0,
     )
     clean = photos.images.to(device)
     data_optimizer: DataOptimizer | None = None
-    if privacy.enabled:
+    if privacy.enabled or config.perturbation_from is not None:
         data_optimizer = build_data_optimizer(privacy, photos, device)
     generator = torch.Generator().manual_seed(config.seed)
     data_generator = torch.Generator().manual_seed(config.seed + 7919)
-    history: dict = {"loss": [], "rounds": []}
+    history: dict = {"loss": [], "rounds": [], "initial": None}
 
     start_step = 0
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
@@ -200,8 +205,14 @@ def personalize(config: PersonalizeConfig) -> RunResult:
             data_optimizer.delta.copy_(tensors["delta"].to(device))
         history = info.get("history", history)
         logger.info("Resumed from %s at step %d.", checkpoint, start_step)
-    elif config.resume_from_checkpoint is not None:
-        logger.info("No checkpoint in %s yet: starting from step 0.", output_dir)
+    else:
+        if config.resume_from_checkpoint is not None:
+            logger.info("No checkpoint in %s yet: starting from step 0.", output_dir)
+        if data_optimizer is not None and config.perturbation_from is not None:
+            data_optimizer.delta.copy_(_load_delta(Path(config.perturbation_from), clean.shape).to(device))
+            history["initial"] = data_optimizer.summary(clean)
+        elif data_optimizer is not None:
+            history["initial"] = data_optimizer.initialize(backbone, clean, config.instance_prompt, data_generator)
 
     prompts = [config.instance_prompt] * config.train_batch_size
     class_prompts = [config.class_prompt] * config.train_batch_size
@@ -288,6 +299,7 @@ def personalize(config: PersonalizeConfig) -> RunResult:
         save_png(output_dir / "training_photos" / "clean_grid.png", make_grid(photos.as_uint8(), columns=4))
         if data_optimizer is not None:
             _write_decoupled(output_dir, photos, data_optimizer.perturbed(clean))
+            save_file({"delta": data_optimizer.delta.detach().cpu().contiguous()}, output_dir / DELTA_FILE)
             history["final"] = data_optimizer.summary(clean)
         log = {"privacy": privacy.as_dict(), "plan": plan.__dict__, "wall_seconds": wall, **history}
         atomic_write_json(output_dir / LOG_FILE, log)
@@ -300,7 +312,8 @@ def personalize(config: PersonalizeConfig) -> RunResult:
             "backbone": backbone.kind,
             "method": method,
             "privacy": privacy.as_dict(),
-            "surrogates": list(privacy.surrogates) if privacy.enabled else [],
+            "defense": privacy.defense if privacy.enabled else "none",
+            "surrogates": white_box_surrogates(privacy),
             "config": config_to_dict(config),
         }
         atomic_write_json(output_dir / RUN_FILE, run)
@@ -316,6 +329,26 @@ def _move_to_device(backbone: Backbone, device: torch.device, dtype: torch.dtype
     backbone.vae.to(device, **({"dtype": dtype} if dtype != torch.float32 else {}))
     text_dtype = torch.float32 if train_text_encoder else dtype
     backbone.text_encoder.to(device, **({"dtype": text_dtype} if text_dtype != torch.float32 else {}))
+
+
+def white_box_surrogates(privacy: PrivacySettings) -> list[str]:
+    """FR models the optimizer saw (white-box for evaluation): none for vanilla, noise and ASPL."""
+    return list(privacy.surrogates) if privacy.enabled and privacy.defense in ("iddm", "cloak") else []
+
+
+def _load_delta(run_dir: Path, shape: torch.Size) -> torch.Tensor:
+    path = run_dir / DELTA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--perturbation_from {run_dir}: no {DELTA_FILE}; pass the output_dir of a private run."
+        )
+    delta = load_file(path)["delta"]
+    if delta.shape != shape:
+        raise ValueError(
+            f"--perturbation_from {run_dir}: its perturbation has shape {tuple(delta.shape)}, this run's photos "
+            f"{tuple(shape)}. Use the same photos and resolution."
+        )
+    return delta
 
 
 def _write_decoupled(output_dir: Path, photos: TrainingPhotos, perturbed: torch.Tensor) -> None:
@@ -352,4 +385,3 @@ def _plot_log(log: dict, path: Path) -> None:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
-
