@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from iddm.config import build_config
-from iddm.diffusion.data import to_uint8
 from iddm.diffusion.generate import GenerateConfig, generate_images, load_for_generation
 from iddm.evaluate.linkability import embed_images, linkability
 from iddm.evaluate.quality import brisque_score
