@@ -107,6 +107,10 @@ def _add_late_commands(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    # transformers warns at import that torchvision is absent; iddm uses no image processor from it.
+    transformers_logging.set_verbosity_error()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

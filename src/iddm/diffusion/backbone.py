@@ -64,6 +64,10 @@ class Backbone(ABC):
     def device(self) -> torch.device:
         return self.unet.device
 
+    @abstractmethod
+    def to(self, device: torch.device | str, frozen_dtype: torch.dtype = torch.float32, train_text_encoder=False):
+        """Move to ``device``; always-frozen parts (VAE, a frozen text encoder) run in ``frozen_dtype``."""
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.trainable_modules().values() for p in m.parameters() if p.requires_grad]
 
@@ -193,6 +197,11 @@ class PixelBackbone(Backbone):
         context = load_file(path / "context.safetensors")["context"]
         return cls(unet, scheduler, context)
 
+    def to(self, device, frozen_dtype=torch.float32, train_text_encoder=False):
+        self.unet.to(device)
+        self.context.data = self.context.data.to(device)
+        return self
+
     def to_diffusion_space(self, images, generator=None):
         return images.to(self.unet.dtype) * 2 - 1
 
@@ -242,6 +251,15 @@ class StableDiffusionBackbone(Backbone):
     def latent_size(self) -> tuple[int, int]:
         side = self.resolution // self.vae_scale
         return side, side
+
+    def to(self, device, frozen_dtype=torch.float32, train_text_encoder=False):
+        def cast(dtype):
+            return {"dtype": dtype} if dtype != torch.float32 else {}
+
+        self.unet.to(device)
+        self.vae.to(device, **cast(frozen_dtype))
+        self.text_encoder.to(device, **cast(torch.float32 if train_text_encoder else frozen_dtype))
+        return self
 
     def set_trainable(self, modules: dict[str, nn.Module]) -> None:
         self._trainable = modules

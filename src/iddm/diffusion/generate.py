@@ -77,7 +77,7 @@ def run_generate(config: GenerateConfig) -> list[Path]:
     output_dir = ensure_writable_dir(config.output_dir)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_for_generation(config.pretrained_model_name_or_path, config.lora, config.resolution)
-    _to(backbone, device)
+    backbone.to(device)
     if isinstance(backbone, PixelBackbone) and config.prompt != ["a photo of sks person"]:
         logger.warning("The micro backbone is not text-conditioned: prompts are ignored, it draws the person's face.")
     images = generate_images(backbone, config)
@@ -88,12 +88,3 @@ def run_generate(config: GenerateConfig) -> list[Path]:
         paths.append(path)
     save_png(output_dir / "grid.png", make_grid(images, columns=min(8, len(images))))
     return paths
-
-
-def _to(backbone: Backbone, device: torch.device) -> None:
-    backbone.unet.to(device)
-    if isinstance(backbone, PixelBackbone):
-        backbone.context.data = backbone.context.data.to(device)
-    else:
-        backbone.vae.to(device)
-        backbone.text_encoder.to(device)

@@ -166,7 +166,7 @@ def personalize(config: PersonalizeConfig) -> RunResult:
         gradient_checkpointing=config.gradient_checkpointing,
     )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    _move_to_device(backbone, device, weight_dtype, config.train_text_encoder)
+    backbone.to(device, frozen_dtype=weight_dtype, train_text_encoder=config.train_text_encoder)
     class_images = None
     if config.with_prior_preservation:
         class_images = _class_images(backbone, config, output_dir, resolution)
@@ -318,17 +318,6 @@ def personalize(config: PersonalizeConfig) -> RunResult:
         }
         atomic_write_json(output_dir / RUN_FILE, run)
     return RunResult(output_dir, config.max_train_steps, wall, loss_value, privacy, history)
-
-
-def _move_to_device(backbone: Backbone, device: torch.device, dtype: torch.dtype, train_text_encoder: bool) -> None:
-    """The always-frozen VAE (and a frozen text encoder) run in the mixed-precision dtype; the rest in float32."""
-    backbone.unet.to(device)
-    if isinstance(backbone, PixelBackbone):
-        backbone.context.data = backbone.context.data.to(device)
-        return
-    backbone.vae.to(device, **({"dtype": dtype} if dtype != torch.float32 else {}))
-    text_dtype = torch.float32 if train_text_encoder else dtype
-    backbone.text_encoder.to(device, **({"dtype": text_dtype} if text_dtype != torch.float32 else {}))
 
 
 def white_box_surrogates(privacy: PrivacySettings) -> list[str]:
