@@ -259,7 +259,10 @@ def personalize(config: PersonalizeConfig) -> RunResult:
             history["loss"].append([step, loss_value])
 
         if data_optimizer is not None and plan.data_round_after(step):
-            record = data_optimizer.run_round(backbone, clean, config.instance_prompt, plan.data_steps, data_generator)
+            with accelerator.autocast():
+                record = data_optimizer.run_round(
+                    backbone, clean, config.instance_prompt, plan.data_steps, data_generator
+                )
             record.update(step=step + 1, round=(step + 1) // plan.round_steps, personalization_loss=loss_value)
             history["rounds"].append(record)
             backbone.train(True)
