@@ -22,8 +22,8 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 1.6em; } h3 { font-size: 1.05em; }
 table { border-collapse: collapse; margin: 8px 0 16px 0; font-size: 0.85em; }
-th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: right; }
-th { background: #eee; } td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #eee; }
 figure { display: inline-block; margin: 4px 10px 10px 0; vertical-align: top; }
 figcaption { font-size: 0.8em; color: #555; max-width: 420px; }
 img { image-rendering: pixelated; border: 1px solid #ddd; }
