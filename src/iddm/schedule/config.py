@@ -39,7 +39,11 @@ class PersonalizeConfig:
     train_batch_size: int = field(4, help="Images per personalization step.")
     max_train_steps: int = field(1500, help="Personalization steps in total (both IDDM stages together).")
     learning_rate: float = field(1e-3, help="AdamW learning rate (1e-4 is usual for LoRA on SD, 5e-6 DreamBooth).")
-    lr_scheduler: str = field("constant", help="diffusers scheduler name: constant, cosine, linear, ...")
+    lr_scheduler: str | None = field(
+        None,
+        help="diffusers scheduler name: constant, cosine, linear, ... Default: cosine for the micro backbone (its "
+        "samples are far cleaner with a decayed rate: SFace match 0.88 vs 0.30 at 1,500 steps), constant for SD.",
+    )
     lr_warmup_steps: int = field(0, help="Learning-rate warmup steps.")
     adam_weight_decay: float = field(1e-2, help="AdamW weight decay.")
     max_grad_norm: float = field(1.0, help="Gradient clipping norm.")

@@ -174,7 +174,7 @@ def personalize(config: PersonalizeConfig) -> RunResult:
     parameters = backbone.trainable_parameters()
     optimizer = _make_optimizer(parameters, config)
     lr_scheduler = get_scheduler(
-        config.lr_scheduler,
+        config.lr_scheduler or ("cosine" if isinstance(backbone, PixelBackbone) else "constant"),
         optimizer=optimizer,
         num_warmup_steps=config.lr_warmup_steps,
         num_training_steps=config.max_train_steps,
