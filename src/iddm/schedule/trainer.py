@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -111,8 +112,6 @@ def _class_images(backbone: Backbone, config: PersonalizeConfig, output_dir: Pat
     for path in paths:
         array = load_photo(path)
         if array.shape[:2] != (resolution, resolution):
-            from PIL import Image
-
             array = np.asarray(Image.fromarray(array).resize((resolution, resolution), Image.Resampling.BICUBIC))
         tensors.append(to_tensor(array))
     return torch.stack(tensors)
