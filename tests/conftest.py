@@ -42,3 +42,14 @@ def detected_photos(photo_paths: list[Path]) -> dict:
         image = load_photo(path)
         result[path.stem] = (image, detect_single_face(image, source=str(path)))
     return result
+
+
+@pytest.fixture(scope="session")
+def train_dir(tmp_path_factory, identity_photos: dict[str, list[Path]]) -> Path:
+    """A folder holding copies of the first three Obama photos: a user's training photos."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("obama_train")
+    for path in identity_photos["obama"][:3]:
+        shutil.copy(path, folder / path.name)
+    return folder

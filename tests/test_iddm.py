@@ -33,14 +33,6 @@ FAST = dict(
 
 
 @pytest.fixture(scope="module")
-def train_dir(tmp_path_factory, identity_photos) -> Path:
-    folder = tmp_path_factory.mktemp("obama_train")
-    for path in identity_photos["obama"][:3]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def photos64(train_dir):
     return prepare_photos(train_dir, resolution=64)
 

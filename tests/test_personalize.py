@@ -34,14 +34,6 @@ FAST = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def train_dir(tmp_path_factory, identity_photos) -> Path:
-    folder = tmp_path_factory.mktemp("obama_train")
-    for path in identity_photos["obama"][:3]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
 def _config(photos: Path, output_dir: Path, **overrides) -> PersonalizeConfig:
     return build_config(PersonalizeConfig, {"photos": photos, "output_dir": output_dir, **FAST, **overrides})
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,6 @@ FAST = dict(
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> Path:
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny") / "tiny-sd")
-
-
-@pytest.fixture(scope="module")
-def train_dir(tmp_path_factory, identity_photos) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for path in identity_photos["obama"][:3]:
-        shutil.copy(path, folder / path.name)
-    return folder
 
 
 def _generate(pipeline: StableDiffusionPipeline) -> np.ndarray:
