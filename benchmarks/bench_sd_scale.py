@@ -67,8 +67,10 @@ def clip_tokenizer(errors: list[str]):
 
 def build_sd15_pipeline(errors: list[str]):
     """Stable Diffusion 1.5's architecture with random weights (nothing downloaded)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from iddm.diffusion.tiny import assemble_sd_pipeline
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -109,24 +111,7 @@ def build_sd15_pipeline(errors: list[str]):
             hidden_act="quick_gelu",
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(errors),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble_sd_pipeline(unet, vae, text_encoder, clip_tokenizer(errors))
 
 
 def parameter_counts(pipe) -> dict[str, int]:

@@ -37,8 +37,6 @@ class DataOptimizer:
         self.settings = settings
         self.identity = identity
         self.delta = torch.zeros(shape, device=device)
-        self.data_only = False
-        """When set, the generation-proxy term is skipped (the cloak baseline attacks the photos alone)."""
 
     def initialize(self, backbone: Backbone, clean: torch.Tensor, prompt: str, generator: torch.Generator) -> dict:
         """Set δ before training: random for ``noise``, a one-shot FR cloak for ``cloak``; else δ stays 0."""
@@ -46,12 +44,8 @@ class DataOptimizer:
         if s.defense == "noise":
             uniform = torch.rand(self.delta.shape, generator=generator).to(self.delta)
             self.delta = (clean + (uniform * 2 - 1) * s.epsilon).clamp(0, 1) - clean
-        elif s.defense == "cloak":
-            self.data_only = True
-            try:
-                return self.run_round(backbone, clean, prompt, s.cloak_steps, generator)
-            finally:
-                self.data_only = False
+        elif s.defense == "cloak":  # attacks the photos alone: no generation-proxy term
+            return self.run_round(backbone, clean, prompt, s.cloak_steps, generator, data_only=True)
         return self.summary(clean)
 
     def perturbed(self, clean: torch.Tensor) -> torch.Tensor:
@@ -59,7 +53,13 @@ class DataOptimizer:
         return (clean + self.delta).clamp(0, 1)
 
     def objective(
-        self, backbone: Backbone, clean: torch.Tensor, delta: torch.Tensor, prompt: str, generator: torch.Generator
+        self,
+        backbone: Backbone,
+        clean: torch.Tensor,
+        delta: torch.Tensor,
+        prompt: str,
+        generator: torch.Generator,
+        data_only: bool = False,
     ) -> tuple[torch.Tensor, dict]:
         s = self.settings
         indices = torch.arange(len(clean), device=clean.device)
@@ -72,7 +72,7 @@ class DataOptimizer:
             with torch.no_grad():
                 _, logged["data"] = self.identity(images, indices)
             return loss, logged
-        if s.lambda_gen > 0 and not self.data_only:
+        if s.lambda_gen > 0 and not data_only:
             x0 = backbone.denoised_estimate(images, [prompt] * len(images), generator, s.max_denoise_timestep)
             id_loss, logged["x0"] = self.identity(sample_transform(s.eot, generator)(x0.float()), indices)
             loss = loss + s.lambda_gen * id_loss
@@ -83,10 +83,17 @@ class DataOptimizer:
             loss = loss + s.lambda_fid * F.mse_loss(images, clean) * 255**2
         return loss, logged
 
-    def step(self, backbone: Backbone, clean: torch.Tensor, prompt: str, generator: torch.Generator) -> dict:
+    def step(
+        self,
+        backbone: Backbone,
+        clean: torch.Tensor,
+        prompt: str,
+        generator: torch.Generator,
+        data_only: bool = False,
+    ) -> dict:
         """One projected signed-gradient step on δ; returns the surrogate cosines measured before it."""
         delta = self.delta.clone().requires_grad_(True)
-        loss, logged = self.objective(backbone, clean, delta, prompt, generator)
+        loss, logged = self.objective(backbone, clean, delta, prompt, generator, data_only)
         (gradient,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             eps = self.settings.epsilon
@@ -96,11 +103,17 @@ class DataOptimizer:
         return logged
 
     def run_round(
-        self, backbone: Backbone, clean: torch.Tensor, prompt: str, steps: int, generator: torch.Generator
+        self,
+        backbone: Backbone,
+        clean: torch.Tensor,
+        prompt: str,
+        steps: int,
+        generator: torch.Generator,
+        data_only: bool = False,
     ) -> dict:
-        """``steps`` data steps against the current model; a log record of the round."""
+        """``steps`` data steps against the current model (or on the photos alone: ``data_only``); a log record."""
         backbone.train(False)
-        logs = [self.step(backbone, clean, prompt, generator) for _ in range(steps)]
+        logs = [self.step(backbone, clean, prompt, generator, data_only) for _ in range(steps)]
         names = [r.name for r in self.identity.recognizers]
         last = logs[-1]
         with torch.no_grad():

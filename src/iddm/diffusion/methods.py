@@ -46,6 +46,16 @@ def effective_method(backbone: Backbone, method: str) -> str:
     return method
 
 
+def _lora_config(settings: MethodSettings, target_modules: tuple[str, ...]) -> LoraConfig:
+    return LoraConfig(
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha if settings.lora_alpha is not None else settings.lora_rank,
+        lora_dropout=settings.lora_dropout,
+        init_lora_weights="gaussian",
+        target_modules=list(target_modules),
+    )
+
+
 def prepare_for_training(backbone: Backbone, settings: MethodSettings) -> str:
     """Freeze, add adapters and mark trainable modules; returns the effective method name."""
     method = effective_method(backbone, settings.method)
@@ -63,27 +73,11 @@ def prepare_for_training(backbone: Backbone, settings: MethodSettings) -> str:
     backbone.text_encoder.requires_grad_(method == "dreambooth" and settings.train_text_encoder)
     trainable = {"unet": backbone.unet}
     if method == "lora":
-        alpha = settings.lora_alpha if settings.lora_alpha is not None else settings.lora_rank
-        backbone.unet.add_adapter(
-            LoraConfig(
-                r=settings.lora_rank,
-                lora_alpha=alpha,
-                lora_dropout=settings.lora_dropout,
-                init_lora_weights="gaussian",
-                target_modules=list(settings.lora_target_modules),
-            )
-        )
+        backbone.unet.add_adapter(_lora_config(settings, settings.lora_target_modules))
         if settings.train_text_encoder:
             # peft directly: transformers' own `add_adapter` demands a newer peft than is released.
             inject_adapter_in_model(
-                LoraConfig(
-                    r=settings.lora_rank,
-                    lora_alpha=alpha,
-                    lora_dropout=settings.lora_dropout,
-                    init_lora_weights="gaussian",
-                    target_modules=list(settings.text_encoder_target_modules),
-                ),
-                backbone.text_encoder,
+                _lora_config(settings, settings.text_encoder_target_modules), backbone.text_encoder
             )
     if settings.train_text_encoder:
         trainable["text_encoder"] = backbone.text_encoder

@@ -100,6 +100,11 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
             projection_dim=32,
         )
     )
+    return assemble_sd_pipeline(unet, vae, text_encoder, build_clip_tokenizer())
+
+
+def assemble_sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` of the given components with SD 1.x's DDIM noise schedule, no safety checker."""
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -111,7 +116,7 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(),
+        tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
