@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from pathlib import Path
+import os
 
-import pytest
+# Tests never reach a model hub: huggingface_hub reads this once, when it is first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 PHOTOS_DIR = Path(__file__).parent / "fixtures" / "photos"
 

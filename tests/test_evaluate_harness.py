@@ -291,7 +291,7 @@ def test_benchmark_writes_every_artifact(benchmark_out):
             cell = out / "cells" / identity / f"{method}-{'off' if method == 'vanilla' else 'high'}"
             assert (cell / "cell.json").is_file() and len(list((cell / "images").glob("image_*.png"))) == 2
     aspl = out / "cells" / "obama" / "aspl-high"
-    assert json.loads((aspl / "aspl_perturbation" / "iddm_run.json").read_text())["defense"] == "aspl"
+    assert json.loads((aspl / "aspl_perturbation" / "iddm_run.json").read_text())["model"]["defense"] == "aspl"
     second = json.loads((aspl / "run" / "iddm_run.json").read_text())
     assert second["config"]["perturbation_from"] == str(aspl / "aspl_perturbation")
     table = (out / "results.md").read_text()

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from iddm.config import build_config
 from iddm.decouple import IdentityLoss, build_data_optimizer, parse_level, resolve_privacy
-from iddm.decouple.data_step import DataOptimizer
 from iddm.diffusion import PixelBackbone, prepare_photos, save_tiny_sd_pipeline
 from iddm.faces import load_recognizer
 from iddm.schedule import PersonalizeConfig, StagePlan, personalize
@@ -42,7 +41,11 @@ def _config(photos: Path, output_dir: Path, **overrides) -> PersonalizeConfig:
 
 
 def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(output_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    return load_file(output_dir / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def _settings(**overrides):
+    return resolve_privacy(_config(Path("photos"), Path("out"), **overrides).privacy_config)
 
 
 def test_privacy_levels_parse_and_map_monotonically():
@@ -51,13 +54,11 @@ def test_privacy_levels_parse_and_map_monotonically():
     for bad in ("max", "1.5", "-0.1"):
         with pytest.raises(ValueError, match="privacy"):
             parse_level(bad)
-    settings = [
-        resolve_privacy(_config(Path("."), Path("."), privacy=level)) for level in ("off", "low", "medium", "high")
-    ]
+    settings = [_settings(privacy=level) for level in ("off", "low", "medium", "high")]
     assert not settings[0].enabled and all(s.enabled for s in settings[1:])
     assert [s.epsilon for s in settings] == sorted(s.epsilon for s in settings)
     assert settings[-1].epsilon == pytest.approx(16 / 255)
-    overridden = resolve_privacy(_config(Path("."), Path("."), privacy="high", epsilon=0.01, data_steps=2))
+    overridden = _settings(privacy="high", epsilon=0.01, data_steps=2)
     assert overridden.epsilon == 0.01 and overridden.data_steps == 2
 
 
@@ -69,26 +70,25 @@ def test_privacy_off_is_vanilla_bit_for_bit(train_dir, tmp_path):
     for name in ("off", "zero"):
         other = _weights(tmp_path / name)
         assert all(torch.equal(vanilla[k], other[k]) for k in vanilla)
-    assert not (tmp_path / "off" / "decoupled_photos").exists()
+    assert not (tmp_path / "off" / "private" / "decoupled_photos").exists()
 
 
 def test_one_data_step_lowers_identity_loss_and_respects_epsilon(photos64):
-    config = _config(Path("."), Path("."), privacy="high", eot=[], lambda_gen=0.0, step_size=4 / 255)
-    settings = resolve_privacy(config)
+    settings = _settings(privacy="high", eot=[], lambda_gen=0.0, step_size=4 / 255)
     optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
     backbone = PixelBackbone.from_scratch(64)
     clean = photos64.images
     indices = torch.arange(len(clean))
     before, _ = optimizer.identity(clean, indices)
     generator = torch.Generator().manual_seed(0)
-    optimizer.step(backbone, clean, "a photo of sks person", generator)
-    after, _ = optimizer.identity(optimizer.perturbed(clean), indices)
+    optimizer.run_round(backbone, clean, "a photo of sks person", 1, generator)
+    perturbed = optimizer.perturbation.perturbed(clean)
+    after, _ = optimizer.identity(perturbed, indices)
     assert after.item() < before.item() - 0.01
-    assert optimizer.delta.abs().max().item() <= settings.epsilon + 1e-7
-    perturbed = optimizer.perturbed(clean)
+    assert optimizer.perturbation.delta.abs().max().item() <= settings.epsilon + 1e-7
     assert perturbed.min() >= 0 and perturbed.max() <= 1
     # Many steps stay inside the budget too, and the generation proxy term runs.
-    optimizer.settings = resolve_privacy(_config(Path("."), Path("."), privacy="high", eot=["jpeg"]))
+    optimizer.settings = _settings(privacy="high", eot=["jpeg"])
     record = optimizer.run_round(backbone, clean, "a photo of sks person", 3, generator)
     assert record["linf"] <= settings.epsilon + 1e-7 and np.isfinite(record["surrogate_cos_x0"]["sface"])
     assert record["psnr_db"] > 20
@@ -97,16 +97,14 @@ def test_one_data_step_lowers_identity_loss_and_respects_epsilon(photos64):
 def test_targeted_variant_pulls_toward_the_decoy(photos64, identity_photos):
     decoy = identity_photos["biden"][0]
     base = dict(privacy="high", eot=[], lambda_gen=0.0, step_size=2 / 255)
-    untargeted = resolve_privacy(_config(Path("."), Path("."), **base))
-    targeted = resolve_privacy(_config(Path("."), Path("."), **base, decoy=decoy))
+    untargeted = _settings(**base)
+    targeted = _settings(**base, decoy=decoy)
     backbone = PixelBackbone.from_scratch(64)
     clean = photos64.images
     results = {}
     for name, settings in (("untargeted", untargeted), ("targeted", targeted)):
         optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
-        generator = torch.Generator().manual_seed(0)
-        for _ in range(4):
-            optimizer.step(backbone, clean, "a photo of sks person", generator)
+        optimizer.run_round(backbone, clean, "a photo of sks person", 4, torch.Generator().manual_seed(0))
         results[name] = optimizer
     decoy_embedding = results["targeted"].identity.decoys["sface"]
     identity: IdentityLoss = results["targeted"].identity
@@ -116,8 +114,10 @@ def test_targeted_variant_pulls_toward_the_decoy(photos64, identity_photos):
     def decoy_cosine(images):
         return (identity.embed(sface, images, indices) @ decoy_embedding).mean().item()
 
-    assert decoy_cosine(results["targeted"].perturbed(clean)) > decoy_cosine(clean) + 0.05
-    assert decoy_cosine(results["targeted"].perturbed(clean)) > decoy_cosine(results["untargeted"].perturbed(clean))
+    assert decoy_cosine(results["targeted"].perturbation.perturbed(clean)) > decoy_cosine(clean) + 0.05
+    assert decoy_cosine(results["targeted"].perturbation.perturbed(clean)) > decoy_cosine(
+        results["untargeted"].perturbation.perturbed(clean)
+    )
 
 
 def test_stage_plan_counts():
@@ -134,21 +134,21 @@ def test_stage_plan_counts():
 def test_schedule_runs_the_configured_rounds_and_writes_audit_outputs(train_dir, tmp_path):
     out = tmp_path / "iddm"
     personalize(_config(train_dir, out, privacy="high", round_steps=2, stage1_fraction=0.67, data_steps=2))
-    log = json.loads((out / "iddm_log.json").read_text())
+    log = json.loads((out / "private" / "iddm_log.json").read_text())
     assert log["plan"] == {"total_steps": 6, "round_steps": 2, "rounds": 2, "data_steps": 2}
     assert [r["step"] for r in log["rounds"]] == [2, 4]
     for record in log["rounds"]:
         assert set(record["surrogate_cos_x0"]) == set(record["surrogate_cos_data"]) == {"sface"}
         assert record["linf"] <= 16 / 255 + 1e-6 and record["psnr_db"] > 20 and 0 < record["ssim"] <= 1
-    decoupled = sorted((out / "decoupled_photos").glob("*.png"))
+    decoupled = sorted((out / "private" / "decoupled_photos").glob("*.png"))
     assert [p.stem for p in decoupled] == sorted(p.stem for p in train_dir.iterdir())
     with Image.open(decoupled[0]) as image:
         assert image.size == (32, 32) and not image.getexif()
-    assert (out / "iddm_log.png").is_file()
-    card = (out / "README.md").read_text()
+    assert (out / "private" / "iddm_log.png").is_file()
+    card = (out / "model" / "README.md").read_text()
     assert "White-box face recognition surrogates" in card and "sface" in card
     run = json.loads((out / "iddm_run.json").read_text())
-    assert run["surrogates"] == ["sface"] and run["privacy"]["label"] == "high"
+    assert run["model"]["surrogates"] == ["sface"] and run["model"]["privacy"]["label"] == "high"
 
 
 def test_resume_in_stage1_equals_uninterrupted(train_dir, tmp_path):
@@ -162,10 +162,9 @@ def test_resume_in_stage1_equals_uninterrupted(train_dir, tmp_path):
     personalize(_config(train_dir, partial, **settings, resume_from_checkpoint="latest"))
     a, b = _weights(full), _weights(partial)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    for path in (full / "decoupled_photos").glob("*.png"):
-        assert np.array_equal(
-            np.asarray(Image.open(path)), np.asarray(Image.open(partial / "decoupled_photos" / path.name))
-        )
+    for path in (full / "private" / "decoupled_photos").glob("*.png"):
+        resumed = partial / "private" / "decoupled_photos" / path.name
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(resumed)))
 
 
 @pytest.mark.parametrize("method", ["lora", "dreambooth"])
@@ -186,14 +185,13 @@ def test_iddm_on_tiny_stable_diffusion(method, train_dir, tmp_path):
         learning_rate=1e-2,
     )
     personalize(config)
-    log = json.loads((out / "iddm_log.json").read_text())
+    log = json.loads((out / "private" / "iddm_log.json").read_text())
     assert len(log["rounds"]) == 1 and np.isfinite(log["rounds"][0]["surrogate_cos_x0"]["sface"])
-    assert len(list((out / "decoupled_photos").glob("*.png"))) == 3
+    assert len(list((out / "private" / "decoupled_photos").glob("*.png"))) == 3
     expected = "pytorch_lora_weights.safetensors" if method == "lora" else "model_index.json"
-    assert (out / expected).is_file()
+    assert (out / "model" / expected).is_file()
 
 
 def test_surrogate_must_be_differentiable(photos64):
     with pytest.raises(ValueError, match="not differentiable"):
         IdentityLoss([load_recognizer("dlib")], [1.0], photos64.images, photos64.landmarks)
-    assert isinstance(DataOptimizer, type)

@@ -39,22 +39,25 @@ def _config(photos: Path, output_dir: Path, **overrides) -> PersonalizeConfig:
 
 
 def _unet_weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(output_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    return load_file(output_dir / "model" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
 def test_micro_run_writes_every_output_and_generates(train_dir, tmp_path):
     before = {p.name: (p.read_bytes(), p.stat().st_mtime) for p in train_dir.iterdir()}
     out = tmp_path / "run"
     result = personalize(_config(train_dir, out))
-    for name in ("README.md", "iddm_run.json", "iddm_log.json", "iddm_backbone.json", "context.safetensors"):
-        assert (out / name).is_file(), name
+    for name in ("README.md", "iddm_model.json", "iddm_backbone.json", "context.safetensors"):
+        assert (out / "model" / name).is_file(), name
+    assert (out / "iddm_run.json").is_file() and (out / "private" / "iddm_log.json").is_file()
     assert (out / "validation" / "final.png").is_file()
-    assert (out / "training_photos" / "clean_grid.png").is_file()
+    assert (out / "private" / "training_photos" / "clean_grid.png").is_file()
     run = json.loads((out / "iddm_run.json").read_text())
-    assert run["status"] == "finished" and run["backbone"] == "pixel" and run["steps"] == 6
+    assert run["status"] == "finished" and run["model"]["backbone"] == "pixel" and run["steps"] == 6
+    assert run["config"]["learning_rate"] == 1e-3 and run["config"]["lr_scheduler"] == "cosine"  # the model's
     assert np.isfinite(result.final_loss)
-    card = (out / "README.md").read_text()
+    card = (out / "model" / "README.md").read_text()
     assert "Privacy off" in card and "`max_train_steps` | `6`" in card
+    assert str(train_dir) not in card and str(tmp_path) not in card  # no local paths in what may be published
     # Inputs untouched.
     assert {p.name: (p.read_bytes(), p.stat().st_mtime) for p in train_dir.iterdir()} == before
     # The written model loads like any other and generates EXIF-free PNGs and a grid.
@@ -101,7 +104,7 @@ def test_refuses_finished_output_unless_overwrite(train_dir, tmp_path):
 def test_unwritable_output_and_missing_model_are_clear_errors(train_dir, tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
-    with pytest.raises(PermissionError, match="not writable"):
+    with pytest.raises(PermissionError, match="is a file"):
         personalize(_config(train_dir, blocker / "out"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_backbone("./no/such/model")
@@ -122,7 +125,9 @@ def test_unwritable_output_and_missing_model_are_clear_errors(train_dir, tmp_pat
         ]
     )
     assert code == 2
-    assert "model_index.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model_index.json" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing is created before every check has passed
 
 
 def test_checkpoints_rotate_and_resume_latest_matches_uninterrupted(train_dir, tmp_path):
@@ -136,6 +141,20 @@ def test_checkpoints_rotate_and_resume_latest_matches_uninterrupted(train_dir, t
     personalize(_config(train_dir, partial, max_train_steps=6, checkpointing_steps=2, resume_from_checkpoint="latest"))
     a, b = _unet_weights(full), _unet_weights(partial)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_older_one(train_dir, tmp_path, caplog):
+    full = tmp_path / "full"
+    personalize(_config(train_dir, full, max_train_steps=6, checkpointing_steps=2, checkpoints_total_limit=3))
+    partial = tmp_path / "partial"
+    shutil.copytree(full, partial)
+    (partial / "iddm_run.json").unlink()
+    weights = partial / "checkpoint-4" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated, as by a full disk
+    personalize(_config(train_dir, partial, max_train_steps=6, checkpointing_steps=2, resume_from_checkpoint="latest"))
+    assert "Skipping checkpoint-4" in caplog.text and "Falling back" in caplog.text
+    a, b = _unet_weights(full), _unet_weights(partial)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resumed from checkpoint-2: the same weights in the end
 
 
 @pytest.mark.slow
@@ -176,6 +195,7 @@ def test_sigkill_halfway_then_resume_equals_uninterrupted(train_dir, tmp_path):
     process.wait()
     assert (killed / "checkpoint-3").is_dir(), "the run never reached its first checkpoint"
     assert not (killed / "iddm_run.json").exists(), "the run finished before it could be killed"
+    assert not (killed / "model").exists()
 
     resumed = subprocess.run(
         [*command, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"],
@@ -187,5 +207,6 @@ def test_sigkill_halfway_then_resume_equals_uninterrupted(train_dir, tmp_path):
     a, b = _unet_weights(reference), _unet_weights(killed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert torch.equal(
-        load_file(reference / "context.safetensors")["context"], load_file(killed / "context.safetensors")["context"]
+        load_file(reference / "model" / "context.safetensors")["context"],
+        load_file(killed / "model" / "context.safetensors")["context"],
     )

@@ -1,14 +1,18 @@
-"""The ``iddm`` command line: personalize, generate, faces, tiny-sd, evaluate, benchmark."""
+"""The ``iddm`` command line: personalize, generate, export, faces, tiny-sd, evaluate, benchmark.
+
+Every failure a user can cause prints one line, ``iddm COMMAND: error: ...``, and exits with 2 (bad
+input) or 1 (anything else); ``-v`` shows the traceback of the latter. Ctrl-C exits with 130 and says
+how to resume.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from iddm.config import add_dataclass_arguments, config_from_namespace
+from iddm.config import ArgumentParser, add_dataclass_arguments, config_from_namespace, print_error
 
 logger = logging.getLogger("iddm")
 
@@ -30,7 +34,7 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
     result = personalize(config)
     print(
         f"Wrote {result.output_dir} ({result.steps} steps in {result.wall_seconds:.0f} s, final loss "
-        f"{result.final_loss:.4f}, privacy {result.privacy.label})."
+        f"{result.final_loss:.4f}, privacy {result.privacy.label}). Publish only {result.output_dir}/model/."
     )
     return 0
 
@@ -43,11 +47,24 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from iddm.diffusion.export import export_kohya
+    from iddm.run_layout import resolve_model_dir
+
+    output = export_kohya(resolve_model_dir(args.run), args.output)
+    print(f"Wrote {output} (kohya / A1111 / ComfyUI LoRA format).")
+    return 0
+
+
 def _cmd_faces(args: argparse.Namespace) -> int:
+    import json
+
     from iddm.faces.report import faces_report, format_faces_report
 
     report = faces_report([Path(p) for p in args.photos], args.backends)
     print(json.dumps(report, indent=2) if args.json else format_faces_report(report))
+    if not any(entry["face_found"] for entry in report["detections"]):
+        raise ValueError("no usable face in any of the photos")
     return 0
 
 
@@ -61,11 +78,12 @@ def _cmd_tiny_sd(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from iddm.diffusion.generate import GenerateConfig
+    from iddm.evaluate.cli import add_commands as add_evaluation_commands
     from iddm.schedule import PersonalizeConfig
 
-    parser = argparse.ArgumentParser(prog="iddm", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="iddm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging; tracebacks of unexpected errors.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     personalize = commands.add_parser(
         "personalize", help="Personalize a model on photos of one person, optionally with IDDM privacy."
@@ -78,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flag(generate)
     add_dataclass_arguments(generate, GenerateConfig, "generation")
     generate.set_defaults(func=_cmd_generate)
+
+    export = commands.add_parser("export", help="Export a LoRA run's weights in kohya / A1111 / ComfyUI format.")
+    export.add_argument("run", type=Path, help="A finished LoRA run folder (or its model/).")
+    export.add_argument("--format", choices=["kohya"], default="kohya", help="Target format (default: kohya).")
+    export.add_argument(
+        "--output", type=Path, help="Output file (default: RUN/model/pytorch_lora_weights_kohya.safetensors)."
+    )
+    export.set_defaults(func=_cmd_export)
 
     faces = commands.add_parser("faces", help="Detect faces and compare photos under each face recognition model.")
     faces.add_argument("photos", nargs="+", help="Photo files.")
@@ -93,17 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--resolution", type=int, default=64, help="Image resolution in px.")
     tiny.set_defaults(func=_cmd_tiny_sd)
 
-    _add_late_commands(commands)
+    add_evaluation_commands(commands)
     return parser
 
 
-def _add_late_commands(commands) -> None:
-    """Commands of the evaluation layer, registered only when it is installed in this version."""
-    try:
-        from iddm.evaluate.cli import add_commands
-    except ImportError:
-        return
-    add_commands(commands)
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,9 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as err:
-        print(f"iddm {args.command}: error: {err}", file=sys.stderr)
+    except BAD_INPUT as err:
+        print_error(args.command, err)
         return 2
+    except KeyboardInterrupt:
+        print_error(args.command, "interrupted; finished work is kept (personalize: --resume_from_checkpoint latest)")
+        return 130
+    except MemoryError:
+        print_error(args.command, "out of memory; lower --resolution, --train_batch_size or --num_images")
+        return 1
+    except Exception as err:
+        if args.verbose:
+            raise
+        print_error(args.command, f"{type(err).__name__}: {err} (run with -v for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

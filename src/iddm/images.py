@@ -12,9 +12,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 MIN_SIDE = 32
 """Photos with a shorter side (in pixels) cannot hold a recognizable face."""
 MAX_SIDE = 4096
@@ -141,6 +143,25 @@ def ensure_writable_dir(folder: str | Path) -> Path:
     return folder
 
 
+def check_writable_location(folder: str | Path) -> Path:
+    """Check, without creating anything, that ``folder`` is or can be made a writable folder.
+
+    Raises:
+        PermissionError: its nearest existing ancestor is a file or is not writable.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PermissionError(f"Output folder {folder}: {existing} is a file, not a folder. Choose another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Output folder {folder} is not writable ({existing} is read-only). Choose another folder."
+        )
+    return folder
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -161,6 +182,46 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_safetensors(path: str | Path, tensors: dict) -> None:
+    """Write ``{name: tensor}`` as safetensors atomically (contiguous CPU copies; no pickle)."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+def normalize_permissions(folder: str | Path) -> None:
+    """Give every file under ``folder`` the usual permissions (0666 & ~umask), as other outputs have."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            os.chmod(path, mode)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name; it replaces ``path`` only when the block succeeds.
+
+    A run killed while writing leaves ``path`` as it was (and a ``.NAME.tmp`` folder that the next
+    call removes), never a half-written folder that looks finished.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    normalize_permissions(tmp)
+    old = path.parent / f".{path.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

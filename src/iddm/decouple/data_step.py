@@ -1,132 +1,106 @@
-"""Identity-decoupled data optimization: projected signed-gradient steps on the photo perturbation δ.
+"""The state IDDM optimizes (the photo perturbation δ) and the rounds of data steps that update it.
 
-One data step (DESIGN §2), against the current personalized model θ::
-
-    g = ∇δ [ λ_gen · L_id(T(x̂0(θ, X+δ, t, n))) + λ_data · L_id(T(X+δ)) + λ_fid · ‖δ‖² ]
-    δ ← clip_ε(δ − α · sign(g));  X+δ clipped to [0, 1]
-
-with ``T`` drawn from the robustness transforms (EOT) and ``t, n`` a random timestep and noise.
+:class:`Perturbation` holds δ and knows nothing of objectives (applying, summarizing, saving);
+:class:`DataOptimizer` runs the defense's objective from :mod:`iddm.decouple.objective` on it.
 """
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from iddm.decouple.identity import IdentityLoss
+from iddm.decouple.identity import IdentityLoss, load_margins
+from iddm.decouple.objective import OBJECTIVES, ObjectiveInputs, apply, signed_gradient_step, uniform_noise
 from iddm.decouple.privacy import PrivacySettings
 from iddm.decouple.transforms import sample_transform
 from iddm.diffusion import Backbone, TrainingPhotos
 from iddm.diffusion.data import to_tensor
 from iddm.faces import align_crop, detect_single_face, load_recognizer
-from iddm.images import load_photo
+from iddm.fidelity import mean_psnr_ssim
+from iddm.images import atomic_write_safetensors, load_photo
 
 
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two image batches in ``[0, 1]`` (inf when equal)."""
-    mse = F.mse_loss(a.float(), b.float()).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+class Perturbation:
+    """δ ``(N, 3, R, R)`` for the N training photos (0 at the start)."""
 
-
-class DataOptimizer:
-    """Holds δ ``(N, 3, R, R)`` for the N training photos and runs rounds of data steps on it."""
-
-    def __init__(self, settings: PrivacySettings, identity: IdentityLoss, shape: torch.Size, device: torch.device):
-        self.settings = settings
-        self.identity = identity
+    def __init__(self, shape: torch.Size, device: torch.device):
         self.delta = torch.zeros(shape, device=device)
-
-    def initialize(self, backbone: Backbone, clean: torch.Tensor, prompt: str, generator: torch.Generator) -> dict:
-        """Set δ before training: random for ``noise``, a one-shot FR cloak for ``cloak``; else δ stays 0."""
-        s = self.settings
-        if s.defense == "noise":
-            uniform = torch.rand(self.delta.shape, generator=generator).to(self.delta)
-            self.delta = (clean + (uniform * 2 - 1) * s.epsilon).clamp(0, 1) - clean
-        elif s.defense == "cloak":  # attacks the photos alone: no generation-proxy term
-            return self.run_round(backbone, clean, prompt, s.cloak_steps, generator, data_only=True)
-        return self.summary(clean)
 
     def perturbed(self, clean: torch.Tensor) -> torch.Tensor:
         """``X + δ`` ``(N, 3, R, R)`` in ``[0, 1]`` (no gradient)."""
-        return (clean + self.delta).clamp(0, 1)
+        return apply(clean, self.delta).detach()
 
-    def objective(
-        self,
-        backbone: Backbone,
-        clean: torch.Tensor,
-        delta: torch.Tensor,
-        prompt: str,
-        generator: torch.Generator,
-        data_only: bool = False,
-    ) -> tuple[torch.Tensor, dict]:
+    def summary(self, clean: torch.Tensor) -> dict:
+        """‖δ‖∞, mean PSNR (dB; inf for δ = 0) and mean SSIM of the decoupled photos against the clean ones."""
+        psnr, ssim = mean_psnr_ssim(list(self.perturbed(clean)), list(clean))
+        linf = float(self.delta.abs().max())
+        return {"linf": linf, "linf_255": linf * 255, "psnr_db": psnr, "ssim": ssim}
+
+    def save(self, path: Path) -> None:
+        atomic_write_safetensors(path, {"delta": self.delta})
+
+    def load(self, path: Path) -> None:
+        """Replace δ with the one saved at ``path`` (same photos and resolution required)."""
+        delta = load_file(path)["delta"]
+        if delta.shape != self.delta.shape:
+            raise ValueError(
+                f"{path}: its perturbation has shape {tuple(delta.shape)}, this run's photos "
+                f"{tuple(self.delta.shape)}. Use the same photos and resolution."
+            )
+        self.delta = delta.to(self.delta.device)
+
+
+class DataOptimizer:
+    """Runs the defense's data objective on a :class:`Perturbation` against the current model."""
+
+    def __init__(self, settings: PrivacySettings, identity: IdentityLoss, perturbation: Perturbation):
+        self.settings = settings
+        self.identity = identity
+        self.perturbation = perturbation
+
+    def initialize(self, backbone: Backbone, clean: torch.Tensor, prompt: str, generator: torch.Generator) -> dict:
+        """δ before training: random for ``noise``, a one-shot FR cloak for ``cloak``; else δ stays 0."""
         s = self.settings
-        indices = torch.arange(len(clean), device=clean.device)
-        images = (clean + delta).clamp(0, 1)
-        loss = images.new_zeros(())
-        logged: dict = {}
-        if s.defense == "aspl":
-            # Anti-personalization: make the photos as hard as possible to learn for the current model.
-            loss = -backbone.training_loss(images, [prompt] * len(images), generator).mean()
-            with torch.no_grad():
-                _, logged["data"] = self.identity(images, indices)
-            return loss, logged
-        if s.lambda_gen > 0 and not data_only:
-            x0 = backbone.denoised_estimate(images, [prompt] * len(images), generator, s.max_denoise_timestep)
-            id_loss, logged["x0"] = self.identity(sample_transform(s.eot, generator)(x0.float()), indices)
-            loss = loss + s.lambda_gen * id_loss
-        if s.lambda_data > 0:
-            id_loss, logged["data"] = self.identity(sample_transform(s.eot, generator)(images), indices)
-            loss = loss + s.lambda_data * id_loss
-        if s.lambda_fid > 0:
-            loss = loss + s.lambda_fid * F.mse_loss(images, clean) * 255**2
-        return loss, logged
+        if s.defense == "noise":
+            self.perturbation.delta = uniform_noise(clean, s.epsilon, generator)
+        elif s.defense == "cloak":
+            return self.run_round(backbone, clean, prompt, s.cloak_steps, generator)
+        return self.perturbation.summary(clean)
 
-    def step(
-        self,
-        backbone: Backbone,
-        clean: torch.Tensor,
-        prompt: str,
-        generator: torch.Generator,
-        data_only: bool = False,
-    ) -> dict:
+    def step(self, inputs: ObjectiveInputs) -> dict:
         """One projected signed-gradient step on δ; returns the surrogate cosines measured before it."""
-        delta = self.delta.clone().requires_grad_(True)
-        loss, logged = self.objective(backbone, clean, delta, prompt, generator, data_only)
+        delta = self.perturbation.delta.clone().requires_grad_(True)
+        loss, logged = OBJECTIVES[self.settings.defense](inputs, delta)
         (gradient,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
-            eps = self.settings.epsilon
-            updated = (self.delta - self.settings.step_size * gradient.sign()).clamp(-eps, eps)
-            self.delta = (clean + updated).clamp(0, 1) - clean
+            self.perturbation.delta = signed_gradient_step(
+                self.perturbation.delta, gradient, self.settings.step_size, inputs.clean, self.settings.epsilon
+            )
         logged["loss"] = float(loss.detach())
         return logged
 
     def run_round(
-        self,
-        backbone: Backbone,
-        clean: torch.Tensor,
-        prompt: str,
-        steps: int,
-        generator: torch.Generator,
-        data_only: bool = False,
+        self, backbone: Backbone, clean: torch.Tensor, prompt: str, steps: int, generator: torch.Generator
     ) -> dict:
-        """``steps`` data steps against the current model (or on the photos alone: ``data_only``); a log record."""
+        """``steps`` data steps against the current model; returns a log record."""
         backbone.train(False)
-        logs = [self.step(backbone, clean, prompt, generator, data_only) for _ in range(steps)]
-        names = [r.name for r in self.identity.recognizers]
-        last = logs[-1]
         with torch.no_grad():
-            data_cos = {
-                k: float(v.mean()) for k, v in self.identity.cosines(self.perturbed(clean), _all(clean)).items()
-            }
-        x0_cos = last.get("x0", {n: float("nan") for n in names})
+            conditioning = backbone.encode_prompts([prompt] * len(clean)).detach()
+        inputs = ObjectiveInputs(clean, backbone, conditioning, self.identity, self.settings, generator)
+        logs = [self.step(inputs) for _ in range(steps)]
+        names = [r.name for r in self.identity.recognizers]
+        with torch.no_grad():
+            indices = torch.arange(len(clean), device=clean.device)
+            cosines = self.identity.cosines(self.perturbation.perturbed(clean), indices)
+        x0_cos = logs[-1].get("x0", {n: float("nan") for n in names})
         return {
             "surrogate_cos_x0": x0_cos,
             "surrogate_cos_x0_mean": sum(x0_cos.values()) / len(x0_cos),
-            "surrogate_cos_data": data_cos,
-            "data_loss": last["loss"],
-            **self.summary(clean),
+            "surrogate_cos_data": {k: float(v.mean()) for k, v in cosines.items()},
+            "data_loss": logs[-1]["loss"],
+            **self.perturbation.summary(clean),
         }
 
     def model_side_loss(
@@ -134,35 +108,13 @@ class DataOptimizer:
         backbone: Backbone,
         images: torch.Tensor,
         indices: torch.Tensor,
-        prompts: list[str],
+        conditioning,
         generator: torch.Generator,
     ) -> torch.Tensor:
         """Stage 2's optional term on θ: identity loss of the model's x̂0 of a batch of photos ``indices``."""
-        x0 = backbone.denoised_estimate(images, prompts, generator, self.settings.max_denoise_timestep)
+        x0 = backbone.denoised_estimate(images, conditioning, generator, self.settings.max_denoise_timestep)
         loss, _ = self.identity(sample_transform(self.settings.eot, generator)(x0.float()), indices)
         return loss
-
-    def summary(self, clean: torch.Tensor) -> dict:
-        """‖δ‖∞, PSNR (dB) and SSIM of the decoupled photos against the clean ones."""
-        from skimage.metrics import structural_similarity
-
-        perturbed = self.perturbed(clean)
-        ssim = [
-            structural_similarity(
-                a.permute(1, 2, 0).cpu().numpy(), b.permute(1, 2, 0).cpu().numpy(), channel_axis=2, data_range=1.0
-            )
-            for a, b in zip(perturbed, clean)
-        ]
-        return {
-            "linf": float(self.delta.abs().max()),
-            "linf_255": float(self.delta.abs().max()) * 255,
-            "psnr_db": psnr_db(perturbed, clean),
-            "ssim": float(sum(ssim) / len(ssim)),
-        }
-
-
-def _all(images: torch.Tensor) -> torch.Tensor:
-    return torch.arange(len(images), device=images.device)
 
 
 def _decoy_embeddings(path: str, recognizers) -> dict[str, torch.Tensor]:
@@ -178,9 +130,10 @@ def _decoy_embeddings(path: str, recognizers) -> dict[str, torch.Tensor]:
 
 
 def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, device: torch.device) -> DataOptimizer:
-    """Load the surrogates, compute the user's anchors on the clean photos, and start from δ = 0."""
+    """Load the surrogates, anchor the identity loss on the clean photos, and start from δ = 0."""
     recognizers = [load_recognizer(name).to(device) for name in settings.surrogates]
     decoys = _decoy_embeddings(settings.decoy, recognizers) if settings.decoy else None
+    margins = load_margins(recognizers) if settings.identity_loss == "calibrated" else None
     clean = photos.images.to(device)
-    identity = IdentityLoss(recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys)
-    return DataOptimizer(settings, identity, clean.shape, device)
+    identity = IdentityLoss(recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins)
+    return DataOptimizer(settings, identity, Perturbation(clean.shape, device))

@@ -1,4 +1,4 @@
-"""The one privacy knob and its documented mapping to IDDM's underlying values.
+"""The one privacy knob: its options (:class:`PrivacyConfig`) and their resolution to every IDDM value.
 
 ``privacy = p`` in ``[0, 1]`` (presets ``off`` 0, ``low`` 0.33, ``medium`` 0.66, ``high`` 1.0) sets:
 
@@ -16,23 +16,100 @@ lambda_model           0.0                         (Stage 2 model-side term, off
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
-
-The same machinery runs the baselines at the same budget (``defense``): ``noise`` (δ uniform in
-``[-ε, ε]``, frozen), ``cloak`` (``cloak_steps`` data steps on the photos alone, ``λ_gen = 0``, before
-training; Fawkes/LowKey-style), and ``aspl`` (Anti-DreamBooth-style: the data steps maximize the
-personalization loss of the current model instead of minimizing identity similarity).
+The objectives themselves are in :mod:`iddm.decouple.objective` (and ``docs/design.md`` §2).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from iddm.config import field
+from iddm.decouple.transforms import EOT_TRANSFORMS
 
 PRESETS = {"off": 0.0, "low": 0.33, "medium": 0.66, "high": 1.0}
 MAX_EPSILON = 16 / 255
+DIFFERENTIABLE_SURROGATES = ["sface", "facenet", "arcface"]
+
+DefenseName = Literal["iddm", "noise", "cloak", "aspl"]
+IdentityLossName = Literal["calibrated", "unbounded"]
+
+
+@dataclass
+class PrivacyConfig:
+    """IDDM's options. Any value left empty follows the ``privacy`` level (see the module docstring)."""
+
+    privacy: str = field(
+        "off",
+        help="Privacy level: off|low|medium|high or a number in [0, 1]. Sets epsilon, loss weights, the stage "
+        "split and data steps (see README); any value below overrides its part.",
+    )
+    epsilon: float | None = field(
+        None, help="L-inf budget of the photo perturbation, in [0, 1] units (16/255=0.063).", ge=0, le=1
+    )
+    step_size: float | None = field(None, help="Signed-gradient step on the perturbation (default epsilon/8).", gt=0)
+    data_steps: int | None = field(None, help="M: data steps on the perturbation per Stage-1 round.", ge=0)
+    round_steps: int | None = field(None, help="K: personalization steps per Stage-1 round.", ge=1)
+    stage1_fraction: float | None = field(
+        None, help="Fraction of max_train_steps spent in Stage 1 (decoupling).", ge=0, le=1
+    )
+    lambda_gen: float | None = field(None, help="Weight of the identity loss on the model's denoised estimate.", ge=0)
+    lambda_data: float | None = field(
+        None, help="Weight of the identity loss on the perturbed photos themselves.", ge=0
+    )
+    lambda_fid: float | None = field(
+        None, help="Weight of the MSE fidelity penalty between perturbed and clean.", ge=0
+    )
+    lambda_model: float | None = field(
+        None, help="Stage 2: weight of a model-side identity term on x̂0 (0: off).", ge=0
+    )
+    identity_loss: IdentityLossName = field(
+        "calibrated",
+        help="'calibrated': stop rewarding a surrogate's cosine to the user once it is at the level of a random "
+        "other person (a hinge at the surrogate's impostor mean); 'unbounded': push it as low as it goes "
+        "(below-chance similarity is itself a signal to an attacker).",
+    )
+    surrogates: list[str] = field(
+        ["sface", "facenet"], help="Differentiable FR models the optimizer attacks.", choices=DIFFERENTIABLE_SURROGATES
+    )
+    surrogate_weights: list[float] | None = field(None, help="Weight per surrogate (default: equal).", ge=0)
+    eot: list[str] = field(
+        ["jpeg", "resize", "blur"],
+        help="Robustness transforms drawn per data step (expectation over transforms).",
+        choices=sorted(EOT_TRANSFORMS),
+    )
+    decoy: Path | None = field(None, help="Targeted variant: a photo of a decoy identity to pull toward.")
+    defense: DefenseName = field(
+        "iddm",
+        help="'iddm' (alternating identity decoupling); baselines at the same epsilon: 'noise' (uniform random "
+        "±epsilon, frozen), 'cloak' (one-shot FR cloak of the photos, then ordinary training), 'aspl' "
+        "(Anti-DreamBooth-style: data steps maximize the personalization loss).",
+    )
+    cloak_steps: int = field(60, help="Data steps of the 'cloak' baseline, all before training.", ge=1)
+    max_denoise_timestep: int = field(
+        500, help="x̂0 proxy: timesteps drawn below this (less noise = sharper faces).", ge=1, le=1000
+    )
+
+    def problems(self) -> list[str]:
+        problems = []
+        try:
+            parse_level(self.privacy)
+        except ValueError as err:
+            problems.append(str(err).rstrip("."))
+        if self.surrogate_weights is not None and len(self.surrogate_weights) != len(self.surrogates):
+            problems.append(
+                f"--surrogate_weights has {len(self.surrogate_weights)} values for {len(self.surrogates)} surrogates"
+            )
+        if len(set(self.surrogates)) != len(self.surrogates):
+            problems.append(f"--surrogates lists a model twice: {self.surrogates}")
+        return problems
 
 
 @dataclass(frozen=True)
 class PrivacySettings:
+    """Every IDDM value after resolving the level and the overrides (recorded in manifests and logs)."""
+
     level: float
     label: str
     epsilon: float
@@ -44,6 +121,7 @@ class PrivacySettings:
     lambda_data: float
     lambda_fid: float
     lambda_model: float
+    identity_loss: str
     surrogates: tuple[str, ...]
     surrogate_weights: tuple[float, ...]
     eot: tuple[str, ...]
@@ -62,6 +140,16 @@ class PrivacySettings:
     def alternates(self) -> bool:
         """Whether Stage 1 interleaves data rounds with personalization (IDDM and ASPL do; noise and cloak don't)."""
         return self.enabled and self.defense in ("iddm", "aspl")
+
+    @property
+    def white_box(self) -> list[str]:
+        """FR models the optimizer saw (white-box for an attacker): none for vanilla, noise and ASPL."""
+        return list(self.surrogates) if self.enabled and self.defense in ("iddm", "cloak") else []
+
+    @property
+    def defense_name(self) -> str:
+        """``none`` when privacy is off, else the defense."""
+        return self.defense if self.enabled else "none"
 
     def as_dict(self) -> dict:
         return {**asdict(self), "enabled": self.enabled}
@@ -82,7 +170,7 @@ def parse_level(value: str | float) -> tuple[float, str]:
     return level, label
 
 
-def resolve_privacy(config) -> PrivacySettings:
+def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
     """Map ``config.privacy`` to every underlying value, then apply the config's explicit overrides."""
     level, label = parse_level(config.privacy)
 
@@ -94,10 +182,6 @@ def resolve_privacy(config) -> PrivacySettings:
     weights = (
         tuple(config.surrogate_weights) if config.surrogate_weights else (1.0 / len(surrogates),) * len(surrogates)
     )
-    if len(weights) != len(surrogates):
-        raise ValueError(f"Got {len(weights)} surrogate weights for {len(surrogates)} surrogates {surrogates}.")
-    if not 0 <= epsilon <= 1:
-        raise ValueError(f"--epsilon is in [0, 1] image units (16/255 = 0.0627), got {epsilon}.")
     return PrivacySettings(
         level=level,
         label=label,
@@ -112,6 +196,7 @@ def resolve_privacy(config) -> PrivacySettings:
         # Obama photos at medium it raised PSNR from 29.4 to 32.9 dB for a dlib cosine of 0.881 instead of 0.874.
         lambda_fid=pick(config.lambda_fid, 0.01 * (1 - level)),
         lambda_model=pick(config.lambda_model, 0.0),
+        identity_loss=config.identity_loss,
         surrogates=surrogates,
         surrogate_weights=weights,
         eot=tuple(config.eot),

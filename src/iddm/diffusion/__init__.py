@@ -1,13 +1,19 @@
-"""Diffusion backbones (micro pixel-space, Stable Diffusion), personalization methods and training data."""
+"""Diffusion backbones (micro pixel-space, Stable Diffusion), their shared math, sampling and training data."""
 
-from iddm.diffusion.backbone import Backbone, PixelBackbone, StableDiffusionBackbone, load_backbone
+from iddm.diffusion.backbone import INSTANCE_PROMPT, Backbone, Conditioning, MethodSettings
 from iddm.diffusion.data import TrainingPhotos, prepare_photos
-from iddm.diffusion.methods import LORA_WEIGHT_NAME, MethodSettings, prepare_for_training, save_personalized
+from iddm.diffusion.loading import MICRO, load_backbone
+from iddm.diffusion.pixel import PixelBackbone
+from iddm.diffusion.sampling import sample
+from iddm.diffusion.stable_diffusion import LORA_WEIGHT_NAME, StableDiffusionBackbone
 from iddm.diffusion.tiny import build_clip_tokenizer, build_tiny_sd_pipeline, save_tiny_sd_pipeline
 
 __all__ = [
+    "INSTANCE_PROMPT",
     "LORA_WEIGHT_NAME",
+    "MICRO",
     "Backbone",
+    "Conditioning",
     "MethodSettings",
     "PixelBackbone",
     "StableDiffusionBackbone",
@@ -15,8 +21,7 @@ __all__ = [
     "build_clip_tokenizer",
     "build_tiny_sd_pipeline",
     "load_backbone",
-    "prepare_for_training",
     "prepare_photos",
-    "save_personalized",
+    "sample",
     "save_tiny_sd_pipeline",
 ]

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from iddm.faces import ARCFACE_TEMPLATE_112, detect_single_face, similarity_transform
+from iddm.faces import ARCFACE_TEMPLATE_112, align_crop, detect_single_face, load_recognizer, similarity_transform
 from iddm.images import PhotoError, list_photos, load_photo
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 def prepare_photos(
     folder: str | Path,
     resolution: int,
-    crop: CropMode = "aligned",
+    crop: CropMode | None = "aligned",
     margin: float = 0.25,
     portrait_zoom: float = 2.2,
     min_photos: int = 2,
@@ -105,6 +105,7 @@ def prepare_photos(
     Raises:
         PhotoError: listing every unusable photo (no face, corrupt, ...) at once, or too few photos.
     """
+    crop = crop or "aligned"
     paths = list_photos(folder, min_photos=min_photos)
     images, landmarks, used, problems = [], [], [], []
     for path in paths:
@@ -130,3 +131,43 @@ def prepare_photos(
     if len(used) < min_photos:
         raise PhotoError(f"{folder}: {len(used)} usable photo(s) with a face; at least {min_photos} are needed.")
     return TrainingPhotos(images=torch.stack(images), landmarks=torch.stack(landmarks), paths=used)
+
+
+def identity_outliers(photos: TrainingPhotos, recognizer_name: str = "sface") -> list[Path]:
+    """Photos whose face does not match the majority identity of ``photos`` under an FR model.
+
+    Two photos match when their cosine is at least the model's threshold. The majority is the largest
+    group of photos matching one photo; every photo outside it is returned (all of them when no group
+    holds more than half the photos, e.g. two photos of two people).
+    """
+    if len(photos) < 2:
+        return []
+    recognizer = load_recognizer(recognizer_name)
+    crops = [
+        align_crop(image, points.numpy(), recognizer.template, recognizer.input_size)
+        for image, points in zip(photos.as_uint8(), photos.landmarks)
+    ]
+    with torch.no_grad():
+        embeddings = recognizer.embed(torch.stack([to_tensor(c) for c in crops]))
+    matches = (embeddings @ embeddings.T) >= recognizer.threshold
+    anchor = int(matches.sum(1).argmax())
+    group = matches[anchor]
+    if int(group.sum()) * 2 <= len(photos):
+        return list(photos.paths)
+    return [path for path, inside in zip(photos.paths, group.tolist()) if not inside]
+
+
+def check_single_identity(photos: TrainingPhotos, allow: bool = False) -> None:
+    """Stop (or, with ``allow``, warn) when the photos show more than one person.
+
+    Raises:
+        PhotoError: naming the photos that disagree with the majority identity.
+    """
+    outliers = identity_outliers(photos)
+    if not outliers:
+        return
+    names = ", ".join(p.name for p in outliers)
+    message = f"face recognition says these photos show someone else than the others: {names}"
+    if not allow:
+        raise PhotoError(f"{message}. Remove them (or pass --allow_mixed_identities to train on all of them).")
+    logger.warning("%s (going on: --allow_mixed_identities).", message)

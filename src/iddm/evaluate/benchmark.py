@@ -42,12 +42,10 @@ from iddm.evaluate.harness import (
     DEFAULT_BACKENDS,
     DEFAULT_PROMPTS,
     LINK_HEADER,
-    RUN_FILE,
     USER_LABEL,
     attacker_knowledge,
     evaluate_images,
     generate_probe_images,
-    generation_source,
     link_row,
     load_backends,
     thumbnail,
@@ -64,6 +62,7 @@ from iddm.images import (
     load_photo,
     make_grid,
 )
+from iddm.run_layout import PRIVATE_DIR, TRAINING_PHOTOS_DIR, RunManifest
 
 logger = logging.getLogger(__name__)
 
@@ -265,12 +264,13 @@ def _personalize_values(config: BenchmarkConfig, extra: dict, photos: Path, outp
 
 def _personalize(values: dict) -> float:
     """Run :func:`iddm.schedule.personalize` unless the folder holds a finished run; returns its wall seconds."""
-    from iddm.schedule import LOG_FILE, PersonalizeConfig, personalize
+    from iddm.run_layout import LOG_FILE, PRIVATE_DIR, is_run_dir
+    from iddm.schedule import PersonalizeConfig, personalize
 
     output_dir = Path(values["output_dir"])
-    if (output_dir / RUN_FILE).is_file():
+    if is_run_dir(output_dir):
         logger.info("Reusing the finished run %s.", output_dir)
-        log = output_dir / LOG_FILE
+        log = output_dir / PRIVATE_DIR / LOG_FILE
         return float(json.loads(log.read_text()).get("wall_seconds", 0.0)) if log.is_file() else 0.0
     started = time.perf_counter()
     personalize(build_config(PersonalizeConfig, values))
@@ -406,7 +406,9 @@ def _run_cell(
 
     run_dir, train_seconds = train_cell(cell, config, extra, photos_dir, folder)
     trained = time.perf_counter()
-    model, lora = generation_source(run_dir, config.model)
+    from iddm.diffusion.generate import generation_source
+
+    model, lora = generation_source(run_dir)
     images = generate_probe_images(
         model,
         folder / "images",
@@ -446,12 +448,12 @@ def _run_cell(
         vanilla,
     )
     finished = time.perf_counter()
-    run = json.loads((run_dir / RUN_FILE).read_text())
+    run = RunManifest.load(run_dir)
     return {
         "identity": cell.identity,
         "method": cell.method,
         "level": cell.level,
-        "defense": run.get("defense") if cell.method != "aspl" else "aspl",
+        "defense": run.model.defense if cell.method != "aspl" else "aspl",
         "white_box": sorted(white_box_keys(run_dir) or []),
         "run_dir": str(run_dir.relative_to(output_dir)),
         "images_dir": str((folder / "images").relative_to(output_dir)),
@@ -726,7 +728,7 @@ def report_html(
         held = [thumbnail(load_photo(p)) for p in identity.reference[:8]]
         body.append(html_image(make_grid(held, columns=8), "held-out reference (attacker's)"))
         first_run = output_dir / cell_records[0]["run_dir"]
-        crops = _image_file(first_run / "training_photos" / "clean_grid.png")
+        crops = _image_file(first_run / PRIVATE_DIR / TRAINING_PHOTOS_DIR / "clean_grid.png")
         if crops is not None:
             body.append(html_image(crops, "clean training crops"))
         body.append("<h3>Per method and level: training photos X+δ and generations</h3>")
@@ -736,7 +738,7 @@ def report_html(
         ]
         for record in cell_records:
             run_dir = output_dir / record["run_dir"]
-            decoupled = _image_file(run_dir / "training_photos" / "decoupled_grid.png")
+            decoupled = _image_file(run_dir / PRIVATE_DIR / TRAINING_PHOTOS_DIR / "decoupled_grid.png")
             generations = _image_file(output_dir / record["images_dir"] / "grid.png")
             link = "<br>".join(
                 html.escape(f"{k} ({m['role']}): R1-U {fmt(m.get('rank1'))}, ISM {fmt(m.get('ism'), 3)}")

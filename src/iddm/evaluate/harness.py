@@ -13,7 +13,6 @@ Outputs in ``output_dir``: ``metrics.json``, ``report.md`` and a self-contained 
 from __future__ import annotations
 
 import html
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from iddm.evaluate.report import fmt, html_document, html_image, html_table, jso
 from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS
 from iddm.faces import FaceRecognizer, load_recognizer
 from iddm.images import atomic_write_json, atomic_write_text, list_photos, load_photo, make_grid
+from iddm.run_layout import DECOUPLED_DIR, PRIVATE_DIR, RunManifest
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ DEFAULT_PROMPTS = [
     "a close-up photo of sks person smiling",
 ]
 FARS = (1e-2, 1e-3)
-RUN_FILE = "iddm_run.json"  # = iddm.schedule.RUN_FILE, not imported to keep evaluation free of the trainer
 
 
 @dataclass
@@ -168,10 +167,7 @@ def white_box_keys(run_dir: str | Path | None) -> set[str] | None:
     """The registry keys of the FR systems the run's optimizer saw, or ``None`` when unknown (no run)."""
     if run_dir is None:
         return None
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"--run_dir {run_dir}: no {RUN_FILE}; pass the output folder of a finished run.")
-    return {str(s).strip().lower() for s in json.loads(path.read_text()).get("surrogates", [])}
+    return {str(s).strip().lower() for s in RunManifest.load(run_dir).white_box}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -222,20 +218,18 @@ def perturbation_quality(run_dir: str | Path) -> dict:
 
     run_dir = Path(run_dir)
     empty = {"psnr_db": None, "ssim": None, "linf_255": None, "num_photos": 0}
-    decoupled_dir = run_dir / "decoupled_photos"
+    decoupled_dir = run_dir / PRIVATE_DIR / DECOUPLED_DIR
     if not decoupled_dir.is_dir():
-        return {**empty, "note": "the run trained on unperturbed photos (no decoupled_photos/)"}
-    run = json.loads((run_dir / RUN_FILE).read_text())
-    config = run.get("config", {})
-    photos_dir = Path(config.get("photos") or "")
+        return {**empty, "note": "the run trained on unperturbed photos (no decoupled photos)"}
+    run = RunManifest.load(run_dir)
+    photos_dir = Path(run.photos)
     if not photos_dir.is_dir():
         return {**empty, "note": f"the run's photo folder {photos_dir} is gone: cannot compare with the clean crops"}
     perturbed = {p.stem: load_photo(p) for p in sorted(decoupled_dir.glob("*.png"))}
     if not perturbed:
         return {**empty, "note": "decoupled_photos/ is empty"}
     resolution = next(iter(perturbed.values())).shape[0]
-    crop = config.get("crop") or ("aligned" if run.get("backbone") == "pixel" else "portrait")
-    clean = prepare_photos(photos_dir, resolution, crop=crop, min_photos=1, skip_bad_photos=True)
+    clean = prepare_photos(photos_dir, resolution, crop=run.crop, min_photos=1, skip_bad_photos=True)
     pairs = [
         (image, perturbed[path.stem]) for path, image in zip(clean.paths, clean.as_uint8()) if path.stem in perturbed
     ]
@@ -376,18 +370,6 @@ def evaluate_images(
 # ----------------------------------------------------------------------------------------------------
 
 
-def generation_source(run_or_model: str | Path, base_model: str | None = None) -> tuple[str, Path | None]:
-    """``(model, lora)`` to generate from a personalized run: LoRA runs need their base model."""
-    from iddm.diffusion import LORA_WEIGHT_NAME
-
-    folder = Path(run_or_model)
-    if (folder / LORA_WEIGHT_NAME).is_file():
-        if base_model is None:
-            raise ValueError(f"{folder} holds LoRA weights: also give the base model they were trained on.")
-        return str(base_model), folder
-    return str(run_or_model), None
-
-
 def generate_probe_images(
     model: str,
     output_dir: Path,
@@ -420,9 +402,11 @@ def generate_probe_images(
 
 
 def _is_micro(model: str | Path, lora: Path | None) -> bool:
-    """Whether ``model`` is a micro pixel-space run folder (it ignores prompts)."""
-    info = Path(model) / "iddm_backbone.json"
-    return lora is None and info.is_file() and json.loads(info.read_text()).get("kind") == "pixel"
+    """Whether ``model`` is a micro pixel-space run or model folder (it ignores prompts)."""
+    from iddm.diffusion.pixel import PIXEL_BACKBONE_FILE
+    from iddm.run_layout import resolve_model_dir
+
+    return lora is None and (resolve_model_dir(model) / PIXEL_BACKBONE_FILE).is_file()
 
 
 def run_evaluate(config: EvaluateConfig) -> dict:
@@ -508,14 +492,14 @@ def run_summary(run_dir: str | Path | None) -> dict | None:
     """What the evaluation needs to know about the run: folder, defense, privacy level, surrogates, steps."""
     if run_dir is None:
         return None
-    run = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    run = RunManifest.load(run_dir)
     return {
         "dir": str(run_dir),
-        "defense": run.get("defense"),
-        "privacy": (run.get("privacy") or {}).get("label"),
-        "surrogates": run.get("surrogates", []),
-        "steps": run.get("steps"),
-        "backbone": run.get("backbone"),
+        "defense": run.model.defense,
+        "privacy": run.model.privacy.get("label"),
+        "surrogates": run.white_box,
+        "steps": run.steps,
+        "backbone": run.model.backbone,
     }
 
 

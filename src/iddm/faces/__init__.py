@@ -15,6 +15,7 @@ from iddm.faces.align import (
 from iddm.faces.base import DetectedFace, FaceRecognizer
 from iddm.faces.detect import FaceNotFoundError, detect_faces, detect_single_face, select_single_face
 from iddm.faces.registry import RECOGNIZERS, embed_photos, load_recognizer
+from iddm.faces.statistics import impostor_statistics
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -27,6 +28,7 @@ __all__ = [
     "detect_faces",
     "detect_single_face",
     "embed_photos",
+    "impostor_statistics",
     "load_recognizer",
     "resize_matrices",
     "scaled_template",

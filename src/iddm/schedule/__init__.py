@@ -1,7 +1,7 @@
-"""The single personalization loop with IDDM's two-stage schedule, checkpoints and model card."""
+"""The single personalization loop with IDDM's two-stage schedule, checkpoints, artifacts and model card."""
 
 from iddm.schedule.config import PersonalizeConfig
 from iddm.schedule.plan import StagePlan
-from iddm.schedule.trainer import LOG_FILE, RUN_FILE, RunResult, personalize
+from iddm.schedule.trainer import RunResult, Trainer, personalize
 
-__all__ = ["LOG_FILE", "RUN_FILE", "PersonalizeConfig", "RunResult", "StagePlan", "personalize"]
+__all__ = ["PersonalizeConfig", "RunResult", "StagePlan", "Trainer", "personalize"]

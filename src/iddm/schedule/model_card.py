@@ -1,72 +1,137 @@
-"""The model card (``README.md``) written next to personalized weights."""
+"""The model card (``model/README.md``): what a published model says, and never where the photos were.
+
+It records the settings (without any local path), the privacy level, which FR systems the optimizer
+saw (white-box) and, once ``iddm evaluate --run_dir`` has run, the measured linkability of the model's
+generations (a privacy report card, also in ``model/iddm_privacy.json``).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from iddm.config import config_to_dict
-from iddm.images import atomic_write_text
+from iddm.images import atomic_write_json, atomic_write_text
+from iddm.run_layout import EVALUATION_FILE, MODEL_CARD, MODEL_FILE, ModelManifest, model_dir
+from iddm.schedule.plan import StagePlan
+
+PRIVATE_OPTIONS = {"photos", "output_dir", "class_data_dir", "perturbation_from", "decoy", "resume_from_checkpoint"}
+"""Options that name local files: left out of anything publishable."""
+
+THREAT_MODEL = """\
+iddm lowers how well today's face recognition (FR) systems link this model's generations to the
+person it was trained on: the FR models it optimized against (white-box, listed above), other FR
+systems (black-box transfer, measured with dlib), and images degraded by platforms (JPEG, resizing,
+blur). It does **not** protect against people who know the person, against future FR systems trained
+without regard to iddm (the "oblivious" attacker of Radiya-Dixit et al., ICLR 2022: unmeasured), or
+against attackers who adapt FR to iddm's own outputs (unmeasured). iddm is open source: assume an
+attacker knows its defaults. See the project's docs/threat_model.md for the measurements behind this."""
 
 
-def write_model_card(output_dir: Path, config, backbone, method: str, privacy, plan, photos_used: dict) -> None:
-    """Record every setting, the privacy level and which FR models were white-box surrogates."""
-    base = config.pretrained_model_name_or_path or "iddm micro pixel-space backbone (trained from scratch)"
-    if backbone.kind == "pixel":
-        how_to_load = (
-            f"iddm generate --pretrained_model_name_or_path {output_dir} --num_images 8 --output_dir avatars/\n"
+def public_model_name(value: str | None) -> str | None:
+    """The base model's public name: a hub id or an ``iddm:`` name; ``None`` for a local folder (never a path)."""
+    if value is None:
+        return "iddm:micro"
+    text = str(value)
+    if text.startswith("iddm:"):
+        return text
+    path = Path(text)
+    if path.exists():
+        prior = path / "iddm_prior.json"
+        if prior.is_file():
+            return json.loads(prior.read_text()).get("name")
+        return None
+    return text if text.count("/") == 1 else None
+
+
+def _usage(manifest: ModelManifest) -> str:
+    base = manifest.base_model or "PATH/TO/THE/BASE/MODEL"
+    if manifest.backbone == "pixel":
+        return "iddm generate --pretrained_model_name_or_path THIS_FOLDER --num_images 8 --output_dir avatars/\n"
+    pipeline = "StableDiffusionXLPipeline" if manifest.backbone == "sdxl" else "StableDiffusionPipeline"
+    if manifest.method == "lora":
+        return (
+            f"from diffusers import {pipeline}\n"
+            f"pipe = {pipeline}.from_pretrained({base!r})\n"
+            'pipe.load_lora_weights("THIS_FOLDER")\n'
+            f"image = pipe({manifest.instance_prompt!r}).images[0]\n"
         )
-    elif method == "lora":
-        how_to_load = (
-            "from diffusers import StableDiffusionPipeline\n"
-            f"pipe = StableDiffusionPipeline.from_pretrained({str(base)!r})\n"
-            f"pipe.load_lora_weights({str(output_dir)!r})\n"
-            f"image = pipe({config.instance_prompt!r}).images[0]\n"
-        )
-    else:
-        how_to_load = (
-            "from diffusers import StableDiffusionPipeline\n"
-            f"pipe = StableDiffusionPipeline.from_pretrained({str(output_dir)!r})\n"
-            f"image = pipe({config.instance_prompt!r}).images[0]\n"
-        )
-    if privacy.enabled and privacy.defense != "iddm":
-        privacy_text = (
-            f"Baseline defense **{privacy.defense}** at privacy level {privacy.label} (epsilon "
-            f"{privacy.epsilon * 255:.1f}/255). Not IDDM: kept for comparison."
-        )
-    elif privacy.enabled:
-        surrogates = ", ".join(privacy.surrogates)
-        privacy_text = (
-            f"IDDM privacy level **{privacy.label}** (value {privacy.level:.2f}): epsilon {privacy.epsilon:.4f} "
-            f"({privacy.epsilon * 255:.1f}/255), Stage 1 = {plan.rounds} rounds x ({plan.round_steps} "
-            f"personalization + {plan.data_steps} data steps), Stage 2 = {plan.stage2_steps} steps.\n\n"
-            f"White-box face recognition surrogates (seen by the optimizer): **{surrogates}**. Any other face "
-            "recognition system is black-box for this model; evaluate linkability with those."
-        )
-    else:
-        privacy_text = "Privacy off: vanilla personalization (no identity decoupling)."
-    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in config_to_dict(config).items())
-    privacy_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in privacy.as_dict().items())
-    text = f"""---
+    return (
+        f"from diffusers import {pipeline}\n"
+        f'pipe = {pipeline}.from_pretrained("THIS_FOLDER")\n'
+        f"image = pipe({manifest.instance_prompt!r}).images[0]\n"
+    )
+
+
+def _privacy_text(manifest: ModelManifest, plan) -> str:
+    privacy = manifest.privacy
+    if manifest.defense == "none":
+        return "Privacy off: vanilla personalization (no identity decoupling)."
+    budget = f"epsilon {privacy['epsilon'] * 255:.1f}/255"
+    if manifest.defense != "iddm":
+        return f"Baseline defense **{manifest.defense}** at privacy level {privacy['label']} ({budget}). Not IDDM."
+    level = (
+        f"**{privacy['label']}** (value {privacy['level']:.2f}, {budget}, {privacy['identity_loss']} identity loss)"
+    )
+    rounds = f"{plan.rounds} rounds x ({plan.round_steps} personalization + {plan.data_steps} data steps)"
+    return (
+        f"IDDM privacy level {level}: Stage 1 = {rounds}, Stage 2 = {plan.stage2_steps} steps.\n\n"
+        f"White-box face recognition surrogates (seen by the optimizer): **{', '.join(manifest.surrogates)}**."
+    )
+
+
+def _report_text(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "Not measured yet: run `iddm evaluate --run_dir RUN ...` to add the measured linkability here."
+    rows = [
+        f"| {key} | {m.get('role', '?')} | {_fmt(m.get('rank1'))} ({_fmt(m.get('chance_rank1'))}) | "
+        f"{_fmt(m.get('match_rate'))} | {_fmt(m.get('ism'), 3)} |"
+        for key, m in report.get("backends", {}).items()
+    ]
+    return (
+        f"Measured by `iddm evaluate` on {report.get('num_images', '?')} generations against "
+        f"{report.get('num_identities', '?')} identities:\n\n"
+        "| FR system | role | rank-1 (chance) | match rate | ISM |\n|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render_model_card(manifest: ModelManifest, settings: dict[str, Any], plan, report: dict | None) -> str:
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in settings.items())
+    privacy_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in manifest.privacy.items() if k != "decoy")
+    base = manifest.base_model or "a local base model (path withheld)"
+    return f"""---
 library_name: diffusers
-tags: [iddm, text-to-image, {method}, identity-decoupled]
-base_model: {base}
+tags: [iddm, text-to-image, {manifest.method}, identity-decoupled]
+base_model: {manifest.base_model or "null"}
 ---
 
 # iddm personalized model
 
-* Base model: `{base}` ({backbone.kind} backbone)
-* Method: `{method}`, {config.max_train_steps} steps, resolution {backbone.resolution} px
-* Instance prompt: `{config.instance_prompt}`
-* Photos: {len(photos_used["clean"])}
+* Base model: `{base}` ({manifest.backbone} backbone)
+* Method: `{manifest.method}`, resolution {manifest.resolution} px
+* Instance prompt: `{manifest.instance_prompt}`
 
 ## Privacy
 
-{privacy_text}
+{_privacy_text(manifest, plan)}
+
+### Measured linkability (privacy report card)
+
+{_report_text(report)}
+
+### What this protects against, and what it does not
+
+{THREAT_MODEL}
 
 ## How to use
 
 ```
-{how_to_load}```
+{_usage(manifest)}```
 
 ## Resolved privacy settings
 
@@ -74,10 +139,36 @@ base_model: {base}
 |---|---|
 {privacy_rows}
 
-## All settings
+## Training settings
 
 | setting | value |
 |---|---|
 {rows}
 """
-    atomic_write_text(output_dir / "README.md", text)
+
+
+def publishable_settings(config) -> dict[str, Any]:
+    values = {k: v for k, v in config_to_dict(config).items() if k not in PRIVATE_OPTIONS}
+    values["pretrained_model_name_or_path"] = public_model_name(config.pretrained_model_name_or_path)
+    return values
+
+
+def write_model_card(folder: Path, manifest: ModelManifest, config, plan, num_photos: int) -> None:
+    settings = {**publishable_settings(config), "num_photos": num_photos}
+    atomic_write_json(folder / "iddm_settings.json", {"settings": settings, "plan": plan.__dict__})
+    atomic_write_text(folder / MODEL_CARD, render_model_card(manifest, settings, plan, None))
+
+
+def update_privacy_report(run_dir: Path, report: dict[str, Any]) -> None:
+    """Add measured linkability to a run's model card and ``model/iddm_privacy.json``.
+
+    Args:
+        report: ``{"num_images": int, "num_identities": int, "backends": {key: {"role", "rank1",
+            "chance_rank1", "match_rate", "ism", ...}}}`` as measured by ``iddm evaluate``.
+    """
+    folder = model_dir(run_dir)
+    manifest = ModelManifest(**json.loads((folder / MODEL_FILE).read_text()))
+    saved = json.loads((folder / "iddm_settings.json").read_text())
+    atomic_write_json(folder / EVALUATION_FILE, report)
+    card = render_model_card(manifest, saved["settings"], StagePlan(**saved["plan"]), report)
+    atomic_write_text(folder / MODEL_CARD, card)

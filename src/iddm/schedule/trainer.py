@@ -1,59 +1,42 @@
 """The one personalization loop: vanilla personalization is IDDM with privacy off.
 
-``personalize(config)`` prepares the photos, loads the backbone, and runs ``max_train_steps``
-personalization steps. When a privacy level is set, Stage 1 interleaves rounds of identity-decoupled
-data steps on the photo perturbation δ (``iddm.decouple``); Stage 2 trains on the frozen decoupled
-photos. All randomness is drawn from two CPU generators (personalization, data steps) saved in every
+:func:`personalize` validates and prepares everything (photos, base model, options resolved against
+the model's recommendations) before it creates the run folder, then runs ``max_train_steps``
+optimizer steps. After each step, hooks (:mod:`iddm.schedule.hooks`) run IDDM's data rounds in Stage 1,
+write checkpoints and validation grids, and log to trackers; :mod:`iddm.schedule.artifacts` writes the
+publishable ``model/`` and the ``private/`` audit material at the end (layout: :mod:`iddm.run_layout`).
+
+All randomness is drawn from two CPU generators (personalization, data steps) saved in every
 checkpoint, so a resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from diffusers.optimization import get_scheduler
-from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from iddm.config import config_to_dict
+from iddm.config import ConfigError
 from iddm.decouple import DataOptimizer, PrivacySettings, build_data_optimizer, resolve_privacy
-from iddm.diffusion import (
-    Backbone,
-    MethodSettings,
-    PixelBackbone,
-    TrainingPhotos,
-    load_backbone,
-    prepare_for_training,
-    prepare_photos,
-    save_personalized,
-)
-from iddm.diffusion.data import to_tensor, to_uint8
-from iddm.images import (
-    atomic_write_bytes,
-    atomic_write_json,
-    ensure_writable_dir,
-    list_photos,
-    load_photo,
-    make_grid,
-    save_png,
-)
-from iddm.schedule.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from iddm.diffusion import Backbone, Conditioning, MethodSettings, TrainingPhotos, load_backbone, prepare_photos
+from iddm.diffusion.data import check_single_identity
+from iddm.images import check_writable_location, ensure_writable_dir
+from iddm.run_layout import DELTA_FILE, PRIVATE_DIR, RUN_FILE, is_run_dir
+from iddm.schedule.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from iddm.schedule.config import PersonalizeConfig
-from iddm.schedule.model_card import write_model_card
 from iddm.schedule.plan import StagePlan
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "iddm_run.json"
-DELTA_FILE = "decoupled_delta.safetensors"
-LOG_FILE = "iddm_log.json"
+RECOMMENDED_OPTIONS = ("learning_rate", "lr_scheduler", "max_train_steps", "crop", "guidance_scale", "lora_rank")
 
 
 @dataclass
@@ -66,96 +49,235 @@ class RunResult:
     log: dict = field(default_factory=dict)
 
 
-def _check_output_dir(config: PersonalizeConfig) -> Path:
-    if config.output_dir is None:
-        raise ValueError("--output_dir is required.")
-    output_dir = ensure_writable_dir(config.output_dir)
-    run_file = output_dir / RUN_FILE
-    if run_file.is_file() and not config.overwrite and config.resume_from_checkpoint is None:
-        raise FileExistsError(
-            f"{output_dir} already holds a finished iddm run ({RUN_FILE}). Pass --overwrite to replace it, "
-            "or choose another --output_dir."
+@dataclass
+class TrainingState:
+    """Everything that changes during training and is restored on resume (with the weights)."""
+
+    step: int
+    generator: torch.Generator
+    data_generator: torch.Generator
+    history: dict
+    loss: float = float("nan")
+
+    @classmethod
+    def fresh(cls, seed: int) -> TrainingState:
+        history = {"loss": [], "rounds": [], "initial": None}
+        return cls(0, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 7919), history)
+
+
+def resolve_options(config: PersonalizeConfig, backbone: Backbone) -> PersonalizeConfig:
+    """``config`` with every empty option that the model recommends filled in (explicit options win)."""
+    method = backbone.check_method(config.method)
+    recommended = backbone.recommended(method)
+    values = {name: recommended[name] for name in RECOMMENDED_OPTIONS if getattr(config, name) is None}
+    if config.lora_target_modules is None:
+        values["lora_target_modules"] = list(recommended["lora_target_modules"])
+    resolved = dataclasses.replace(config, method=method, **values)
+    if config.with_prior_preservation and not backbone.supports_prior_preservation:
+        raise ConfigError(
+            "--with_prior_preservation needs a pretrained text-to-image model; the micro backbone has none"
         )
-    return output_dir
+    return resolved
 
 
-def _make_optimizer(parameters: list[torch.nn.Parameter], config: PersonalizeConfig) -> torch.optim.Optimizer:
-    if config.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise ImportError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
-        optimizer_class = bnb.optim.AdamW8bit
-    else:
-        optimizer_class = torch.optim.AdamW
-    return optimizer_class(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+class Trainer:
+    """Holds the run's parts; :meth:`step` is one optimizer step, :meth:`run` the loop."""
 
+    def __init__(self, config: PersonalizeConfig):
+        from iddm.schedule.hooks import default_hooks
 
-def _class_images(backbone: Backbone, config: PersonalizeConfig, output_dir: Path, resolution: int) -> torch.Tensor:
-    """Class images for prior preservation: generated once by the base model and cached as PNG."""
-    folder = Path(config.class_data_dir or output_dir / "class_images")
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = list_photos(folder, min_photos=0) if folder.is_dir() else []
-    missing = config.num_class_images - len(existing)
-    if missing > 0:
-        generator = torch.Generator().manual_seed(config.seed + 1)
-        logger.info("Generating %d class images with the base model into %s", missing, folder)
-        for start in tqdm(range(0, missing, 4), desc="class images"):
-            count = min(4, missing - start)
-            images = backbone.sample(
-                [config.class_prompt] * count, generator, config.num_inference_steps, config.guidance_scale
+        if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("--mixed_precision fp16 needs a CUDA GPU; use 'bf16' or 'no' on a CPU")
+        self.privacy = resolve_privacy(config.privacy_config)
+        self.output_dir = Path(config.output_dir)
+        self._check_output_dir(config)
+        if config.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.backbone = load_backbone(
+            config.pretrained_model_name_or_path, config.resolution, config.seed, config.revision, config.variant
+        )
+        self.config = config = resolve_options(config, self.backbone)
+        self.photos = _load_photos(config, self.backbone)
+        check_single_identity(self.photos, allow=config.allow_mixed_identities)
+        # accelerate keeps process-wide singletons; a process that runs several trainings (a benchmark, tests)
+        # may change precision or accumulation between them. The distributed state itself is kept.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=None if config.report_to == "none" else config.report_to,
+            project_dir=str(self.output_dir / PRIVATE_DIR / "logs"),
+        )
+        self.method = self.backbone.prepare_for_training(_method_settings(config))
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        self.backbone.to(self.accelerator.device, weight_dtype)
+        self.parameters = self.backbone.trainable_parameters()
+        self.optimizer, self.lr_scheduler = self.accelerator.prepare(*_optimizer_and_schedule(self.parameters, config))
+        self.plan = StagePlan.from_fraction(
+            config.max_train_steps,
+            self.privacy.stage1_fraction,
+            self.privacy.round_steps,
+            self.privacy.data_steps if self.privacy.alternates and config.perturbation_from is None else 0,
+        )
+        self.clean = self.photos.images.to(self.accelerator.device)
+        self.data_optimizer: DataOptimizer | None = None
+        if self.privacy.enabled or config.perturbation_from is not None:
+            self.data_optimizer = build_data_optimizer(self.privacy, self.photos, self.accelerator.device)
+        ensure_writable_dir(self.output_dir)  # everything is checked: the run may start
+        self.class_images = None
+        if config.with_prior_preservation:
+            from iddm.schedule.artifacts import class_images
+
+            self.class_images = class_images(self.backbone, config, self.output_dir).to(self.accelerator.device)
+        self.state = self._initial_state()
+        self.prompts = [config.instance_prompt] * config.train_batch_size
+        self.class_prompts = [config.class_prompt] * config.train_batch_size
+        self.text_trains = any(name.startswith("text_encoder") for name in self.backbone.trainable_modules())
+        self.frozen_context = None
+        if not self.text_trains:
+            with torch.no_grad():  # the frozen text encoder's output is the same every step
+                self.frozen_context = (self.backbone.encode_prompts(self.prompts).detach(),)
+                if self.class_images is not None:
+                    self.frozen_context += (self.backbone.encode_prompts(self.class_prompts).detach(),)
+        if self.accelerator.num_processes > 1:
+            if self.text_trains:
+                raise ConfigError("--train_text_encoder is not supported with several processes; train the UNet only")
+            self.backbone.wrap_for_distributed(self.accelerator)
+        self.hooks = default_hooks(self)
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _check_output_dir(self, config: PersonalizeConfig) -> None:
+        check_writable_location(self.output_dir)
+        if is_run_dir(self.output_dir) and not config.overwrite and config.resume_from_checkpoint is None:
+            raise FileExistsError(
+                f"{self.output_dir} already holds a finished iddm run ({RUN_FILE}). Pass --overwrite to replace it, "
+                "or choose another --output_dir."
             )
-            for offset, image in enumerate(images):
-                save_png(folder / f"class_{len(existing) + start + offset:05d}.png", to_uint8(image))
-    paths = list_photos(folder, min_photos=config.num_class_images)[: config.num_class_images]
-    tensors = []
-    for path in paths:
-        array = load_photo(path)
-        if array.shape[:2] != (resolution, resolution):
-            array = np.asarray(Image.fromarray(array).resize((resolution, resolution), Image.Resampling.BICUBIC))
-        tensors.append(to_tensor(array))
-    return torch.stack(tensors)
 
+    def _initial_state(self) -> TrainingState:
+        state = TrainingState.fresh(self.config.seed)
+        checkpoint = resolve_checkpoint(self.output_dir, self.config.resume_from_checkpoint)
+        if checkpoint is not None:
+            state.step, tensors, info = load_checkpoint(
+                checkpoint, self.backbone.trainable_modules(), self.optimizer, self.lr_scheduler
+            )
+            state.generator.set_state(tensors["generator"])
+            state.data_generator.set_state(tensors["data_generator"])
+            if self.data_optimizer is not None:
+                if "delta" not in tensors:
+                    raise CheckpointError(f"{checkpoint} holds no perturbation: it is from a run without privacy")
+                self.data_optimizer.perturbation.delta = tensors["delta"].to(self.accelerator.device)
+            state.history = info.get("history", state.history)
+            logger.info("Resumed from %s at step %d.", checkpoint, state.step)
+            return state
+        if self.config.resume_from_checkpoint is not None:
+            logger.info("No checkpoint in %s yet: starting from step 0.", self.output_dir)
+        if self.data_optimizer is not None and self.config.perturbation_from is not None:
+            self.data_optimizer.perturbation.load(_private_file(self.config.perturbation_from, DELTA_FILE))
+            state.history["initial"] = self.data_optimizer.perturbation.summary(self.clean)
+        elif self.data_optimizer is not None:
+            state.history["initial"] = self.data_optimizer.initialize(
+                self.backbone, self.clean, self.config.instance_prompt, state.data_generator
+            )
+        return state
 
-def _validation_grid(backbone: Backbone, config: PersonalizeConfig, path: Path) -> None:
-    generator = torch.Generator().manual_seed(config.seed)
-    prompt = config.validation_prompt or config.instance_prompt
-    images = backbone.sample(
-        [prompt] * config.num_validation_images, generator, config.num_inference_steps, config.guidance_scale
-    )
-    save_png(path, make_grid([to_uint8(image) for image in images], columns=4))
+    # -- the loop -------------------------------------------------------------------------------------
+    def training_images(self) -> torch.Tensor:
+        """The images personalization sees now: ``X`` or ``X + δ``, ``(N, 3, R, R)`` in ``[0, 1]``."""
+        return self.clean if self.data_optimizer is None else self.data_optimizer.perturbation.perturbed(self.clean)
 
+    def _conditioning(self, which: int, prompts: list[str]) -> Conditioning:
+        return self.frozen_context[which] if self.frozen_context else self.backbone.encode_prompts(prompts)
 
-def _load_training_photos(config: PersonalizeConfig, backbone: Backbone, resolution: int) -> TrainingPhotos:
-    crop = config.crop or ("aligned" if isinstance(backbone, PixelBackbone) else "portrait")
-    return prepare_photos(
-        config.photos,
-        resolution=resolution,
-        crop=crop,
-        min_photos=config.min_photos,
-        skip_bad_photos=config.skip_bad_photos,
-    )
+    def _micro_batch_loss(self, step: int) -> torch.Tensor:
+        config, state, backbone = self.config, self.state, self.backbone
+        images = self.training_images()
+        # Every process draws the global batch from the shared generator and takes its own slice, so data
+        # parallelism sees different photos per process and a resumed run continues every stream exactly.
+        size, rank = config.train_batch_size, self.accelerator.process_index
+        indices = torch.randint(0, len(images), (size * self.accelerator.num_processes,), generator=state.generator)
+        indices = indices[rank * size : (rank + 1) * size]
+        batch = images[indices.to(images.device)]
+        if config.random_flip:
+            flip = torch.rand(len(batch), generator=state.generator) < 0.5
+            batch = torch.where(flip.view(-1, 1, 1, 1).to(batch.device), batch.flip(-1), batch)
+        conditioning = self._conditioning(0, self.prompts)
+        loss = backbone.training_loss(batch, conditioning, state.generator, config.noise_offset, config.snr_gamma)
+        loss = loss.mean()
+        if self.class_images is not None:
+            picks = torch.randint(0, len(self.class_images), (config.train_batch_size,), generator=state.generator)
+            prior = backbone.training_loss(
+                self.class_images[picks.to(self.class_images.device)], self._conditioning(1, self.class_prompts),
+                state.generator, config.noise_offset, config.snr_gamma,
+            )  # fmt: skip
+            loss = loss + config.prior_loss_weight * prior.mean()
+        if self.data_optimizer is not None and self.plan.stage(step) == 2 and self.privacy.lambda_model > 0:
+            loss = loss + self.privacy.lambda_model * self.data_optimizer.model_side_loss(
+                backbone, batch, indices.to(batch.device), conditioning, state.generator
+            )
+        return loss
+
+    def step(self, step: int) -> float:
+        """One optimizer step (``gradient_accumulation_steps`` micro-batches); returns its mean loss."""
+        losses = []
+        for _ in range(self.config.gradient_accumulation_steps):
+            with self.accelerator.accumulate(*self.backbone.trainable_modules().values()):
+                with self.accelerator.autocast():
+                    loss = self._micro_batch_loss(step)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach().item())
+        return sum(losses) / len(losses)
+
+    def run(self) -> RunResult:
+        from iddm.schedule.artifacts import finalize
+
+        started = time.perf_counter()
+        self.backbone.train(True)
+        progress = tqdm(
+            range(self.state.step, self.config.max_train_steps),
+            initial=self.state.step,
+            total=self.config.max_train_steps,
+            desc=f"personalize ({self.privacy.label})",
+            disable=not self.accelerator.is_local_main_process,
+        )
+        for step in progress:
+            self.state.loss = self.step(step)
+            self.state.step = step + 1
+            for hook in self.hooks:
+                hook.after_step(self, step)
+            progress.set_postfix(self.progress_fields(), refresh=False)
+        progress.close()
+        wall = time.perf_counter() - started
+        self.accelerator.wait_for_everyone()
+        self.backbone.train(False)
+        if self.accelerator.is_main_process:
+            finalize(self, wall)
+        self.accelerator.end_training()
+        return RunResult(self.output_dir, self.config.max_train_steps, wall, self.state.loss, self.privacy,
+                         self.state.history)  # fmt: skip
+
+    def progress_fields(self) -> dict[str, str]:
+        fields = {"loss": f"{self.state.loss:.4f}"}
+        if self.privacy.enabled:
+            fields["stage"] = str(self.plan.stage(self.state.step - 1))
+        if self.state.history["rounds"]:
+            fields["id_cos"] = f"{self.state.history['rounds'][-1]['surrogate_cos_x0_mean']:.3f}"
+        return fields
 
 
 def personalize(config: PersonalizeConfig) -> RunResult:
     """Run personalization (vanilla or IDDM) as configured; returns where and what it wrote."""
-    if config.photos is None:
-        raise ValueError("--photos is required: a folder of photos of one person.")
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("--mixed_precision fp16 needs a CUDA GPU; use 'bf16' or 'no' on a CPU.")
-    output_dir = _check_output_dir(config)
-    privacy = resolve_privacy(config)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    device = accelerator.device
+    return Trainer(config).run()
 
-    backbone = load_backbone(config.pretrained_model_name_or_path, resolution=config.resolution, seed=config.seed)
-    if isinstance(backbone, PixelBackbone) and config.with_prior_preservation:
-        raise ValueError("Prior preservation needs a pretrained text-to-image model; the micro backbone has none.")
-    resolution = backbone.resolution
-    photos = _load_training_photos(config, backbone, resolution)
-    logger.info("Training on %d photos at %d px (%s backbone).", len(photos), resolution, backbone.kind)
 
-    settings = MethodSettings(
+def _method_settings(config: PersonalizeConfig) -> MethodSettings:
+    return MethodSettings(
         method=config.method,
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
@@ -164,215 +286,41 @@ def personalize(config: PersonalizeConfig) -> RunResult:
         train_text_encoder=config.train_text_encoder,
         gradient_checkpointing=config.gradient_checkpointing,
     )
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    backbone.to(device, frozen_dtype=weight_dtype, train_text_encoder=config.train_text_encoder)
-    class_images = None
-    if config.with_prior_preservation:
-        class_images = _class_images(backbone, config, output_dir, resolution)
-    method = prepare_for_training(backbone, settings)
-    parameters = backbone.trainable_parameters()
-    optimizer = _make_optimizer(parameters, config)
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler or ("cosine" if isinstance(backbone, PixelBackbone) else "constant"),
+
+
+def _optimizer_and_schedule(parameters: list[torch.nn.Parameter], config: PersonalizeConfig):
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ImportError("--use_8bit_adam needs bitsandbytes: pip install 'iddm[bnb]'") from None
+        optimizer_class = bnb.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    optimizer = optimizer_class(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    scheduler = get_scheduler(
+        config.lr_scheduler,
         optimizer=optimizer,
         num_warmup_steps=config.lr_warmup_steps,
         num_training_steps=config.max_train_steps,
     )
-    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+    return optimizer, scheduler
 
-    plan = StagePlan.from_fraction(
-        config.max_train_steps,
-        privacy.stage1_fraction,
-        privacy.round_steps,
-        privacy.data_steps if privacy.alternates and config.perturbation_from is None else 0,
+
+def _load_photos(config: PersonalizeConfig, backbone: Backbone) -> TrainingPhotos:
+    photos = prepare_photos(
+        config.photos,
+        resolution=backbone.resolution,
+        crop=config.crop,
+        min_photos=config.min_photos,
+        skip_bad_photos=config.skip_bad_photos,
     )
-    clean = photos.images.to(device)
-    data_optimizer: DataOptimizer | None = None
-    if privacy.enabled or config.perturbation_from is not None:
-        data_optimizer = build_data_optimizer(privacy, photos, device)
-    generator = torch.Generator().manual_seed(config.seed)
-    data_generator = torch.Generator().manual_seed(config.seed + 7919)
-    history: dict = {"loss": [], "rounds": [], "initial": None}
-
-    start_step = 0
-    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
-    if checkpoint is not None:
-        start_step, tensors, info = load_checkpoint(checkpoint, backbone.trainable_modules(), optimizer, lr_scheduler)
-        generator.set_state(tensors["generator"])
-        data_generator.set_state(tensors["data_generator"])
-        if data_optimizer is not None:
-            data_optimizer.delta.copy_(tensors["delta"].to(device))
-        history = info.get("history", history)
-        logger.info("Resumed from %s at step %d.", checkpoint, start_step)
-    else:
-        if config.resume_from_checkpoint is not None:
-            logger.info("No checkpoint in %s yet: starting from step 0.", output_dir)
-        if data_optimizer is not None and config.perturbation_from is not None:
-            data_optimizer.delta.copy_(_load_delta(Path(config.perturbation_from), clean.shape).to(device))
-            history["initial"] = data_optimizer.summary(clean)
-        elif data_optimizer is not None:
-            history["initial"] = data_optimizer.initialize(backbone, clean, config.instance_prompt, data_generator)
-
-    prompts = [config.instance_prompt] * config.train_batch_size
-    class_prompts = [config.class_prompt] * config.train_batch_size
-    instance_context = class_context = None
-    if "text_encoder" not in backbone.trainable_modules():
-        with torch.no_grad():  # the frozen text encoder's output is the same every step
-            instance_context = backbone.encode_prompts(prompts)
-            class_context = backbone.encode_prompts(class_prompts) if class_images is not None else None
-
-    started = time.perf_counter()
-    backbone.train(True)
-    progress = tqdm(
-        range(start_step, config.max_train_steps),
-        initial=start_step,
-        total=config.max_train_steps,
-        desc=f"personalize ({privacy.label})",
-        disable=not accelerator.is_local_main_process,
-    )
-    loss_value = float("nan")
-    for step in progress:
-        training_images = clean if data_optimizer is None else data_optimizer.perturbed(clean)
-        indices = torch.randint(0, len(photos), (config.train_batch_size,), generator=generator).to(device)
-        with accelerator.autocast():
-            loss = backbone.training_loss(
-                training_images[indices], prompts, generator, encoder_hidden_states=instance_context
-            ).mean()
-            if class_images is not None:
-                class_indices = torch.randint(0, len(class_images), (config.train_batch_size,), generator=generator)
-                class_batch = class_images[class_indices].to(device)
-                prior = backbone.training_loss(class_batch, class_prompts, generator, class_context).mean()
-                loss = loss + config.prior_loss_weight * prior
-            if data_optimizer is not None and plan.stage(step) == 2 and privacy.lambda_model > 0:
-                loss = loss + privacy.lambda_model * data_optimizer.model_side_loss(
-                    backbone, training_images[indices], indices, prompts, generator
-                )
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.detach().item()
-        if step % 10 == 0:
-            history["loss"].append([step, loss_value])
-
-        if data_optimizer is not None and plan.data_round_after(step):
-            with accelerator.autocast():
-                record = data_optimizer.run_round(
-                    backbone, clean, config.instance_prompt, plan.data_steps, data_generator
-                )
-            record.update(step=step + 1, round=(step + 1) // plan.round_steps, personalization_loss=loss_value)
-            history["rounds"].append(record)
-            backbone.train(True)
-        postfix = {"loss": f"{loss_value:.4f}", "stage": plan.stage(step) if privacy.enabled else "-"}
-        if data_optimizer is not None and history["rounds"]:
-            postfix["id_cos"] = f"{history['rounds'][-1]['surrogate_cos_x0_mean']:.3f}"
-        progress.set_postfix(postfix, refresh=False)
-
-        done = step + 1
-        if config.checkpointing_steps > 0 and done % config.checkpointing_steps == 0 and done < config.max_train_steps:
-            if accelerator.is_main_process:
-                tensors = {"generator": generator.get_state(), "data_generator": data_generator.get_state()}
-                if data_optimizer is not None:
-                    tensors["delta"] = data_optimizer.delta
-                save_checkpoint(
-                    output_dir,
-                    done,
-                    backbone.trainable_modules(),
-                    optimizer,
-                    lr_scheduler,
-                    tensors,
-                    {"history": history},
-                    config.checkpoints_total_limit,
-                )
-        if config.validation_steps > 0 and done % config.validation_steps == 0 and accelerator.is_main_process:
-            _validation_grid(backbone, config, output_dir / "validation" / f"step-{done:06d}.png")
-            backbone.train(True)
-    progress.close()
-    wall = time.perf_counter() - started
-
-    accelerator.wait_for_everyone()
-    backbone.train(False)
-    if accelerator.is_main_process:
-        save_personalized(backbone, method, output_dir)
-        _validation_grid(backbone, config, output_dir / "validation" / "final.png")
-        photos_used = {"clean": [str(p) for p in photos.paths]}
-        save_png(output_dir / "training_photos" / "clean_grid.png", make_grid(photos.as_uint8(), columns=4))
-        if data_optimizer is not None:
-            _write_decoupled(output_dir, photos, data_optimizer.perturbed(clean))
-            save_file({"delta": data_optimizer.delta.detach().cpu().contiguous()}, output_dir / DELTA_FILE)
-            history["final"] = data_optimizer.summary(clean)
-        log = {"privacy": privacy.as_dict(), "plan": plan.__dict__, "wall_seconds": wall, **history}
-        atomic_write_json(output_dir / LOG_FILE, log)
-        if history["rounds"]:
-            _plot_log(log, output_dir / "iddm_log.png")
-        write_model_card(output_dir, config, backbone, method, privacy, plan, photos_used)
-        run = {
-            "status": "finished",
-            "steps": config.max_train_steps,
-            "backbone": backbone.kind,
-            "method": method,
-            "privacy": privacy.as_dict(),
-            "defense": privacy.defense if privacy.enabled else "none",
-            "surrogates": white_box_surrogates(privacy),
-            "config": config_to_dict(config),
-        }
-        atomic_write_json(output_dir / RUN_FILE, run)
-    return RunResult(output_dir, config.max_train_steps, wall, loss_value, privacy, history)
+    logger.info("Training on %d photos at %d px (%s backbone).", len(photos), backbone.resolution, backbone.kind)
+    return photos
 
 
-def white_box_surrogates(privacy: PrivacySettings) -> list[str]:
-    """FR models the optimizer saw (white-box for evaluation): none for vanilla, noise and ASPL."""
-    return list(privacy.surrogates) if privacy.enabled and privacy.defense in ("iddm", "cloak") else []
-
-
-def _load_delta(run_dir: Path, shape: torch.Size) -> torch.Tensor:
-    path = run_dir / DELTA_FILE
+def _private_file(run_dir: Path, name: str) -> Path:
+    path = Path(run_dir) / PRIVATE_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(
-            f"--perturbation_from {run_dir}: no {DELTA_FILE}; pass the output_dir of a private run."
-        )
-    delta = load_file(path)["delta"]
-    if delta.shape != shape:
-        raise ValueError(
-            f"--perturbation_from {run_dir}: its perturbation has shape {tuple(delta.shape)}, this run's photos "
-            f"{tuple(shape)}. Use the same photos and resolution."
-        )
-    return delta
-
-
-def _write_decoupled(output_dir: Path, photos: TrainingPhotos, perturbed: torch.Tensor) -> None:
-    folder = output_dir / "decoupled_photos"
-    for path, image in zip(photos.paths, perturbed):
-        save_png(folder / f"{path.stem}.png", to_uint8(image))
-    save_png(output_dir / "training_photos" / "decoupled_grid.png", make_grid([to_uint8(i) for i in perturbed], 4))
-
-
-def _plot_log(log: dict, path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = log["rounds"]
-    steps = [r["step"] for r in rounds]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for name in rounds[0]["surrogate_cos_x0"]:
-        axes[0].plot(steps, [r["surrogate_cos_x0"][name] for r in rounds], label=f"{name} on x̂0")
-        axes[0].plot(steps, [r["surrogate_cos_data"][name] for r in rounds], "--", label=f"{name} on data")
-    axes[0].set(title="identity cosine to the user", xlabel="step")
-    axes[0].legend(fontsize=7)
-    loss = np.array(log["loss"])
-    axes[1].plot(loss[:, 0], loss[:, 1])
-    axes[1].set(title="personalization loss", xlabel="step", yscale="log")
-    axes[2].plot(steps, [r["psnr_db"] for r in rounds], label="PSNR (dB)")
-    axes[2].set(title="decoupled photos vs clean", xlabel="step")
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+        raise FileNotFoundError(f"--perturbation_from {run_dir}: no {PRIVATE_DIR}/{name}; pass the folder of a run.")
+    return path

@@ -1,0 +1,131 @@
+"""The data objectives of IDDM and of the baselines, as pure functions of the perturbation δ.
+
+See ``docs/design.md`` §2 for the method. With ``X`` the clean training photos, ``X̃ = Π(X + δ)``,
+``T`` a robustness transform drawn per step (EOT), ``x̂0(θ, X̃)`` the current model's one-step
+denoised estimate of a noised ``X̃`` and ``L_id`` the identity loss over the surrogates
+(:class:`iddm.decouple.identity.IdentityLoss`), one data step minimizes:
+
+* **iddm**   ``λ_gen · L_id(T(x̂0(θ, X̃))) + λ_data · L_id(T(X̃)) + λ_fid · MSE₂₅₅(X̃, X)``
+* **cloak**  ``λ_data · L_id(T(X̃)) + λ_fid · MSE₂₅₅(X̃, X)``: the photos alone, once, before training
+  (Fawkes / LowKey-style FR cloaking)
+* **aspl**   ``−L_pers(θ; X̃)``: make the photos hard to learn (Anti-DreamBooth's ASPL, Van Le et al. 2023)
+* **noise**  no objective: ``δ ~ U[−ε, ε]``, frozen (the control)
+
+and the step is ``δ ← Π(δ − α · sign(∇δ))`` with ``Π`` the projection onto ``‖δ‖∞ ≤ ε`` and
+``X + δ ∈ [0, 1]`` (projected signed gradient, Madry et al. 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from iddm.decouple.identity import IdentityLoss
+from iddm.decouple.privacy import PrivacySettings
+from iddm.decouple.transforms import sample_transform
+from iddm.diffusion import Backbone, Conditioning
+
+
+def apply(clean: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``X̃ = clamp(X + δ, 0, 1)``, images ``(N, 3, R, R)``."""
+    return (clean + delta).clamp(0, 1)
+
+
+def project(delta: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``Π(δ)``: clip to the L∞ ball of radius ``epsilon``, then keep ``X + δ`` in ``[0, 1]``."""
+    return apply(clean, delta.clamp(-epsilon, epsilon)) - clean
+
+
+def signed_gradient_step(
+    delta: torch.Tensor, gradient: torch.Tensor, step_size: float, clean: torch.Tensor, epsilon: float
+) -> torch.Tensor:
+    """One projected signed-gradient descent step on ``delta``."""
+    return project(delta - step_size * gradient.sign(), clean, epsilon)
+
+
+def uniform_noise(clean: torch.Tensor, epsilon: float, generator: torch.Generator) -> torch.Tensor:
+    """The noise control's ``δ ~ U[−ε, ε]`` (projected), drawn on ``generator`` (CPU)."""
+    uniform = torch.rand(clean.shape, generator=generator).to(clean)
+    return project((uniform * 2 - 1) * epsilon, clean, epsilon)
+
+
+def fidelity_penalty(images: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference in 8-bit levels², so ``λ_fid`` does not depend on the image scale."""
+    return F.mse_loss(images, clean) * 255**2
+
+
+@dataclass
+class ObjectiveInputs:
+    """What a data objective sees besides δ: the photos, the current model and the identity loss.
+
+    Attributes:
+        clean: ``(N, 3, R, R)`` clean training images in ``[0, 1]``.
+        backbone: the model being personalized (θ, frozen during the data step).
+        conditioning: the instance prompt's conditioning for ``N`` images.
+        identity: the identity loss over the surrogates, anchored on ``clean``.
+        settings: the resolved privacy values.
+        generator: CPU generator for timesteps, noise and EOT draws.
+    """
+
+    clean: torch.Tensor
+    backbone: Backbone
+    conditioning: Conditioning
+    identity: IdentityLoss
+    settings: PrivacySettings
+    generator: torch.Generator
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return torch.arange(len(self.clean), device=self.clean.device)
+
+    def identity_of(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``L_id(T(images))`` with a freshly drawn transform ``T``, and the per-surrogate mean cosines."""
+        transform = sample_transform(self.settings.eot, self.generator)
+        return self.identity(transform(images.float()), self.indices)
+
+
+Objective = Callable[[ObjectiveInputs, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+def iddm_objective(inputs: ObjectiveInputs, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """IDDM: identity loss on the current model's reconstruction x̂0 and on the photos, plus fidelity."""
+    s = inputs.settings
+    images = apply(inputs.clean, delta)
+    loss, logged = images.new_zeros(()), {}
+    if s.lambda_gen > 0:
+        x0 = inputs.backbone.denoised_estimate(images, inputs.conditioning, inputs.generator, s.max_denoise_timestep)
+        id_loss, logged["x0"] = inputs.identity_of(x0)
+        loss = loss + s.lambda_gen * id_loss
+    return _data_terms(inputs, images, loss, logged)
+
+
+def cloak_objective(inputs: ObjectiveInputs, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Cloak-then-train: the identity loss on the photos alone (no generation proxy), plus fidelity."""
+    images = apply(inputs.clean, delta)
+    return _data_terms(inputs, images, images.new_zeros(()), {})
+
+
+def _data_terms(inputs: ObjectiveInputs, images: torch.Tensor, loss: torch.Tensor, logged: dict):
+    s = inputs.settings
+    if s.lambda_data > 0:
+        id_loss, logged["data"] = inputs.identity_of(images)
+        loss = loss + s.lambda_data * id_loss
+    if s.lambda_fid > 0:
+        loss = loss + s.lambda_fid * fidelity_penalty(images, inputs.clean)
+    return loss, logged
+
+
+def aspl_objective(inputs: ObjectiveInputs, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """ASPL: maximize the current model's personalization loss on the photos (anti-personalization)."""
+    images = apply(inputs.clean, delta)
+    loss = -inputs.backbone.training_loss(images, inputs.conditioning, inputs.generator).mean()
+    with torch.no_grad():
+        _, cosines = inputs.identity(images, inputs.indices)
+    return loss, {"data": cosines}
+
+
+OBJECTIVES: dict[str, Objective] = {"iddm": iddm_objective, "cloak": cloak_objective, "aspl": aspl_objective}
+"""Defense name -> its data objective (``noise`` has none: its δ is drawn once)."""

@@ -1,0 +1,74 @@
+"""Finding the backbone for a model name, folder or hub id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from iddm.diffusion.backbone import Backbone
+from iddm.diffusion.pixel import PIXEL_BACKBONE_FILE, PixelBackbone
+from iddm.run_layout import resolve_model_dir
+
+MICRO = "iddm:micro"
+"""The from-scratch pixel-space micro backbone."""
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).suffix
+
+
+def _backbone_class(class_name: str, where: str) -> type[Backbone]:
+    cls = Backbone.registry.get(class_name)
+    if cls is None:
+        supported = sorted(n for n, c in Backbone.registry.items() if n in c.pipeline_classes)
+        raise ValueError(f"{where} is a {class_name}; iddm personalizes {', '.join(supported)}.")
+    return cls
+
+
+def load_backbone(
+    model: str | Path | None,
+    resolution: int | None = None,
+    seed: int = 0,
+    revision: str | None = None,
+    variant: str | None = None,
+) -> Backbone:
+    """The backbone for ``--pretrained_model_name_or_path``.
+
+    * ``None`` or ``"iddm:micro"``: a fresh micro pixel backbone (random init from ``seed``).
+    * a folder with ``iddm_backbone.json`` (or a run folder holding one in ``model/``): that backbone.
+    * a diffusers pipeline folder: the backbone registered for its ``model_index.json`` class.
+    * ``org/name``: a hub id, read when online.
+
+    Raises:
+        FileNotFoundError: a path-like value that does not exist.
+        ValueError: a folder that is no supported model, or a hub id that cannot be reached.
+    """
+    if model is None or str(model) == MICRO:
+        return PixelBackbone.from_scratch(resolution or 64, seed=seed)
+    path = resolve_model_dir(model)
+    if path.is_dir():
+        if (path / PIXEL_BACKBONE_FILE).is_file():
+            kind = json.loads((path / PIXEL_BACKBONE_FILE).read_text()).get("kind", "pixel")
+            return _backbone_class(kind, str(path)).from_folder(path)
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ValueError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json) nor an iddm model (no "
+                f"{PIXEL_BACKBONE_FILE}). Pass a folder written by `save_pretrained`, e.g. by `iddm tiny-sd`."
+            )
+        class_name = json.loads(index.read_text()).get("_class_name", "?")
+        cls = _backbone_class(class_name, str(path))
+        return cls.from_folder(path, resolution=resolution, revision=revision, variant=variant)
+    if not _looks_like_hub_id(str(model)):
+        raise FileNotFoundError(f"Model path {model} does not exist (and is not a hub id like 'org/name').")
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(str(model), revision=revision)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"Cannot load {model!r} from the Hugging Face hub ({first}). Offline? Pass a local diffusers folder."
+        ) from None
+    cls = _backbone_class(index.get("_class_name", "?"), model)
+    return cls.from_folder(model, resolution=resolution, revision=revision, variant=variant, local_files_only=False)
