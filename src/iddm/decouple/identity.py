@@ -4,16 +4,18 @@ Unbounded (the original reading)::
 
     L_id(x) = Σ_k w_k · mean_i cos(f_k(A_i(x_i)), e_k)
 
-Calibrated (the default)::
+Calibrated (the default), a dead zone at the level of a random other person::
 
-    L_id(x) = Σ_k w_k · mean_i max(cos(f_k(A_i(x_i)), e_k) − m_k, 0)
+    L_id(x) = Σ_k w_k · mean_i [ max(c_ik − m_k, 0) + max(m_k − s_k − c_ik, 0) ],   c_ik = cos(f_k(A_i(x_i)), e_k)
 
-``m_k`` is the mean cosine between a face and the anchor of *another* person under surrogate ``k``
-(its impostor mean, measured once on the face corpus: ``iddm/faces/impostor_statistics.json``). Below
-``m_k`` the user already looks like a random stranger to ``f_k``; pushing further buys no privacy, spends
-perturbation budget, and makes the user *least* similar to their own generations, which an attacker
-who ranks the gallery backwards can see. With a decoy (targeted variant) both forms also subtract
-``Σ_k w_k · mean_i cos(f_k(A_i(x_i)), d_k)``: pulling toward the decoy's embedding ``d_k``.
+``m_k`` and ``s_k`` are the mean and standard deviation of the cosine between a face and the anchor of
+*another* person under surrogate ``k`` (its impostor statistics, measured once on the face corpus:
+``iddm/faces/impostor_statistics.json``). Inside ``[m_k − s_k, m_k]`` the user looks like a typical
+stranger to ``f_k`` and nothing is rewarded; pushing below it buys no privacy, spends perturbation
+budget, and makes the user *least* similar to their own generations, which an attacker who ranks the
+gallery backwards can see, so the loss pulls back up there (signed steps overshoot a one-sided hinge).
+With a decoy (targeted variant) both forms also subtract ``Σ_k w_k · mean_i cos(f_k(A_i(x_i)), d_k)``:
+pulling toward the decoy's embedding ``d_k``.
 """
 
 from __future__ import annotations
@@ -25,15 +27,26 @@ import torch.nn.functional as F
 
 from iddm.faces import FaceAligner, FaceRecognizer, impostor_statistics
 
-
-def load_margins(recognizers: Sequence[FaceRecognizer]) -> dict[str, float]:
-    """Each surrogate's impostor mean cosine (the calibrated loss's margin ``m_k``), by recognizer name."""
-    return {r.name: impostor_statistics(r.name)["anchor_impostor_mean"] for r in recognizers}
+Band = tuple[float, float]
 
 
-def identity_terms(cosines: torch.Tensor, margin: float | None) -> torch.Tensor:
-    """Per-image identity loss ``(B,)`` from cosines to the user ``(B,)``: ``cos`` or ``max(cos − margin, 0)``."""
-    return cosines if margin is None else F.relu(cosines - margin)
+def load_margins(recognizers: Sequence[FaceRecognizer]) -> dict[str, Band]:
+    """Each surrogate's stranger band ``(m_k − s_k, m_k)`` for the calibrated loss, by recognizer name."""
+    bands = {}
+    for recognizer in recognizers:
+        statistics = impostor_statistics(recognizer.name)
+        mean, std = statistics["anchor_impostor_mean"], statistics["anchor_impostor_std"]
+        bands[recognizer.name] = (mean - std, mean)
+    return bands
+
+
+def identity_terms(cosines: torch.Tensor, band: Band | None) -> torch.Tensor:
+    """Per-image identity loss ``(B,)`` from cosines to the user ``(B,)``: ``cos`` (unbounded), or the distance
+    to the stranger band ``[low, high]`` (calibrated: zero inside it)."""
+    if band is None:
+        return cosines
+    low, high = band
+    return F.relu(cosines - high) + F.relu(low - cosines)
 
 
 class IdentityLoss:
@@ -48,7 +61,7 @@ class IdentityLoss:
         clean: ``(N, 3, R, R)`` clean training images in ``[0, 1]``.
         landmarks: ``(N, 5, 2)`` landmarks in the pixel coordinates of ``clean``.
         decoys: optional ``{name: (D,)}`` unit embeddings of a decoy identity.
-        margins: ``{name: m_k}`` for the calibrated loss; ``None``: unbounded.
+        margins: ``{name: (m_k − s_k, m_k)}`` stranger bands for the calibrated loss; ``None``: unbounded.
     """
 
     def __init__(
@@ -58,7 +71,7 @@ class IdentityLoss:
         clean: torch.Tensor,
         landmarks: torch.Tensor,
         decoys: dict[str, torch.Tensor] | None = None,
-        margins: dict[str, float] | None = None,
+        margins: dict[str, Band] | None = None,
     ):
         for recognizer in recognizers:
             if not recognizer.differentiable:

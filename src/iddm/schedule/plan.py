@@ -1,4 +1,4 @@
-"""The two-stage schedule of IDDM as a small pure object (DESIGN §2)."""
+"""The two-stage schedule of IDDM as a small pure object (docs/design.md §2.4)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,154 @@
+"""The core math against references: x̂0 against an oracle UNet, timestep draws, the differentiable JPEG
+against PIL, the ASPL objective's sign, the calibrated identity hinge and Stage 2's model-side term."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from iddm.config import build_config
+from iddm.decouple import ObjectiveInputs, build_data_optimizer, identity_terms, resolve_privacy
+from iddm.decouple.objective import aspl_objective
+from iddm.decouple.transforms import differentiable_jpeg
+from iddm.diffusion import PixelBackbone, prepare_photos
+from iddm.diffusion.objectives import predicted_x0, training_target, uniform_timesteps
+from iddm.faces import impostor_statistics
+from iddm.images import load_photo
+from iddm.schedule import PersonalizeConfig, personalize
+
+
+class OracleUNet(torch.nn.Module):
+    """Knows the clean sample ``x0`` and returns the exact target of ``prediction_type`` for any noisy input."""
+
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str):
+        super().__init__()
+        self.x0, self.alphas_cumprod, self.prediction_type = x0, alphas_cumprod, prediction_type
+        self.config = SimpleNamespace(sample_size=x0.shape[-1], in_channels=x0.shape[1])
+        self.seen_timesteps: list[int] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def forward(self, noisy, timesteps, hidden_states):
+        self.seen_timesteps += timesteps.tolist()
+        a = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noise = (noisy - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return SimpleNamespace(sample=training_target(self.prediction_type, self.x0, noise, a.view(-1)))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_denoised_estimate_recovers_x0_from_an_oracle_unet(prediction_type):
+    backbone = PixelBackbone.from_scratch(32)
+    backbone.noise_scheduler.register_to_config(prediction_type=prediction_type)
+    images = torch.rand(3, 3, 32, 32)
+    oracle = OracleUNet(images * 2 - 1, backbone.noise_scheduler.alphas_cumprod, prediction_type)
+    backbone.unet = oracle
+    estimate = backbone.denoised_estimate(
+        images, backbone.encode_prompts(["p"] * 3), torch.Generator().manual_seed(0), max_timestep=900
+    )
+    torch.testing.assert_close(estimate, images, atol=2e-4, rtol=0)
+    assert max(oracle.seen_timesteps) < 900
+
+
+def test_predicted_x0_inverts_each_training_target():
+    x0, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    alpha_bar = torch.tensor([0.999, 0.7, 0.3, 0.01])
+    a = alpha_bar.view(-1, 1, 1, 1)
+    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    for kind in ("epsilon", "v_prediction", "sample"):
+        target = training_target(kind, x0, noise, alpha_bar)
+        torch.testing.assert_close(predicted_x0(kind, noisy, target, alpha_bar), x0, atol=5e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="Unsupported prediction_type 'flow'"):
+        training_target("flow", x0, noise, alpha_bar)
+
+
+def test_timesteps_are_uniform_below_any_bound():
+    # The earlier draw, `t % max_timestep` over [0, 1000), favoured small t unless max_timestep divided 1000.
+    draws = uniform_timesteps(70_000, 7, torch.Generator().manual_seed(0))
+    counts = np.bincount(draws.numpy(), minlength=7)
+    assert draws.min() == 0 and draws.max() == 6
+    assert np.abs(counts / counts.sum() - 1 / 7).max() < 0.01
+
+
+@pytest.mark.parametrize("quality", [50, 75, 90])
+def test_differentiable_jpeg_approximates_pil(quality):
+    photo = load_photo(Path(__file__).parent / "fixtures" / "photos" / "obama_1.jpg")
+    image = np.asarray(Image.fromarray(photo).resize((128, 128)))
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=2)
+    pil = np.asarray(Image.open(buffer)).astype(np.float64) / 255
+    original = image.astype(np.float64) / 255
+    ours = differentiable_jpeg(torch.from_numpy(original).permute(2, 0, 1)[None].float(), quality)
+    ours = ours[0].permute(1, 2, 0).double().numpy()
+    pil_change, our_change = np.abs(original - pil).mean(), np.abs(original - ours).mean()
+    assert np.abs(ours - pil).mean() < 0.7 * pil_change  # closer to PIL's output than the original is
+    assert abs(our_change - pil_change) < 0.2 * pil_change  # and it removes about as much as PIL does
+
+
+def _settings(**overrides):
+    config = build_config(PersonalizeConfig, {"photos": "p", "output_dir": "o", "surrogates": ["sface"], **overrides})
+    return resolve_privacy(config.privacy_config)
+
+
+@pytest.fixture(scope="module")
+def photos32(train_dir):
+    return prepare_photos(train_dir, resolution=32)
+
+
+def test_aspl_step_raises_the_personalization_loss(photos32):
+    settings = _settings(privacy="high", defense="aspl", step_size=4 / 255)
+    optimizer = build_data_optimizer(settings, photos32, torch.device("cpu"))
+    backbone = PixelBackbone.from_scratch(32)
+    clean = photos32.images
+    conditioning = backbone.encode_prompts(["p"] * len(clean))
+
+    def personalization_loss(delta: torch.Tensor) -> float:
+        generator = torch.Generator().manual_seed(5)
+        inputs = ObjectiveInputs(clean, backbone, conditioning, optimizer.identity, settings, generator)
+        return -aspl_objective(inputs, delta)[0].item()  # the same noise and timesteps every time
+
+    before = personalization_loss(optimizer.perturbation.delta)
+    optimizer.run_round(backbone, clean, "p", 3, torch.Generator().manual_seed(1))
+    assert personalization_loss(optimizer.perturbation.delta) > before
+
+
+def test_calibrated_loss_stops_at_the_stranger_level_the_unbounded_loss_does_not(photos32):
+    cosines = torch.tensor([0.9, 0.2, 0.1, -0.3], requires_grad=True)
+    terms = identity_terms(cosines, band=(0.05, 0.15))
+    assert terms.tolist() == pytest.approx([0.75, 0.05, 0.0, 0.35])
+    terms.sum().backward()
+    assert cosines.grad.tolist() == [1.0, 1.0, 0.0, -1.0]  # nothing inside the band; pulled back up below it
+    assert identity_terms(cosines.detach(), None).tolist() == pytest.approx(cosines.tolist())
+
+    final = {}
+    for loss in ("calibrated", "unbounded"):
+        settings = _settings(privacy="high", identity_loss=loss, eot=[], lambda_gen=0.0, step_size=3 / 255)
+        optimizer = build_data_optimizer(settings, photos32, torch.device("cpu"))
+        generator = torch.Generator().manual_seed(0)
+        optimizer.run_round(PixelBackbone.from_scratch(32), photos32.images, "p", 25, generator)
+        cosines = optimizer.identity.cosines(optimizer.perturbation.perturbed(photos32.images), torch.arange(3))
+        final[loss] = cosines["sface"].mean().item()
+    statistics = impostor_statistics("sface")
+    level, spread = statistics["anchor_impostor_mean"], statistics["anchor_impostor_std"]
+    assert final["unbounded"] < level - 2 * spread  # far below a random stranger: a signal to an attacker
+    assert level - 1.5 * spread < final["calibrated"] < level + 0.5 * spread  # decoupled, to a stranger
+
+
+def test_stage2_model_side_term_changes_training(train_dir, tmp_path):
+    common = {
+        "photos": train_dir, "resolution": 32, "max_train_steps": 4, "train_batch_size": 2, "checkpointing_steps": 0,
+        "validation_steps": 0, "num_validation_images": 1, "num_inference_steps": 1, "surrogates": ["sface"],
+        "eot": [], "privacy": "high", "round_steps": 2, "stage1_fraction": 0.5, "data_steps": 1,
+    }  # fmt: skip
+    for name, weight in (("without", 0.0), ("with", 5.0)):
+        personalize(build_config(PersonalizeConfig, {**common, "output_dir": tmp_path / name, "lambda_model": weight}))
+    weights = [load_file(tmp_path / n / "model/unet/diffusion_pytorch_model.safetensors") for n in ("without", "with")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
