@@ -61,7 +61,7 @@ def main() -> int:
         statistics[recognizer.name] = {**corpus_statistics(corpora), "threshold": recognizer.threshold}
         s = statistics[recognizer.name]
         print(
-            f"{recognizer.name:14s} impostor (anchor) {s['anchor_impostor_mean']:.3f} ± {s['anchor_impostor_std']:.3f} "
+            f"{recognizer.name:14s} impostor {s['anchor_impostor_mean']:.3f} ± {s['anchor_impostor_std']:.3f} "
             f"genuine (anchor) {s['anchor_genuine_mean']:.3f} ± {s['anchor_genuine_std']:.3f} "
             f"pairwise impostor {s['pair_impostor_mean']:.3f}; threshold {recognizer.threshold:.3f}"
         )

@@ -1,7 +1,7 @@
 """IDDM's reference experiment on the micro backbone, with real photos and three real FR systems.
 
 Trains on 3 Obama photos (the 4th is held out as the attacker's reference), once per level: vanilla
-(``off``), IDDM ``low``/``medium``/``high``, and two controls at the ``high`` budget: ``noise``
+(``off``), IDDM ``low``/``medium``/``high`` (calibrated identity loss) and ``high-unbounded``, and two controls at the ``high`` budget: ``noise``
 (uniform ±ε) and ``cloak`` (one-shot FR cloak, then ordinary training). Same seed and number of
 personalization steps for all. Samples 16 avatars per run and attacks them with SFace and FaceNet
 (white-box: the optimizer's surrogates) and dlib (black-box: never seen by the optimizer).
@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from iddm.config import build_config
-from iddm.diffusion.generate import GenerateConfig, generate_images, load_for_generation
+from iddm.diffusion import INSTANCE_PROMPT
+from iddm.diffusion.generate import generate_images, load_for_generation
 from iddm.evaluate.linkability import embed_images, linkability
 from iddm.evaluate.quality import brisque_score
 from iddm.faces import load_recognizer
 from iddm.images import atomic_write_json, atomic_write_text, load_photo, make_grid, save_png
+from iddm.run_layout import LOG_FILE, PRIVATE_DIR
 from iddm.schedule import PersonalizeConfig, personalize
 
 PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
@@ -39,6 +41,7 @@ LEVELS = {
     "high": {"privacy": "high"},
     "noise": {"privacy": "high", "defense": "noise"},
     "cloak": {"privacy": "high", "defense": "cloak"},
+    "high-unbounded": {"privacy": "high", "identity_loss": "unbounded"},
 }
 BACKENDS = {"sface": True, "facenet": True, "dlib": False}  # name -> white-box (a default surrogate)
 
@@ -67,6 +70,7 @@ def run_level(name: str, overrides: dict, photos: Path, out: Path, args) -> dict
         {
             "photos": photos,
             "output_dir": out,
+            "pretrained_model_name_or_path": "iddm:micro",
             "max_train_steps": args.steps,
             "seed": args.seed,
             "checkpointing_steps": 500,
@@ -126,11 +130,11 @@ def main() -> int:
             print(f"== {level}: training {args.steps} steps", flush=True)
             timing = run_level(level, LEVELS[level], train, run_dir, args)
             backbone = load_for_generation(run_dir)
-            samples = generate_images(backbone, GenerateConfig(num_images=args.num_samples, seed=1000))
+            samples = generate_images(backbone, [INSTANCE_PROMPT], args.num_samples, seed=1000, guidance_scale=1.0)
             for i, sample in enumerate(samples):
                 save_png(run_dir / "samples" / f"sample_{i:02d}.png", sample)
             probes = embed_images(samples, recognizers)
-            log = json.loads((run_dir / "iddm_log.json").read_text())
+            log = json.loads((run_dir / PRIVATE_DIR / LOG_FILE).read_text())
             final = log.get("final") or {}
             brisque = [brisque_score(s) for s in samples]
             record = {
