@@ -13,6 +13,7 @@ from typing import Literal
 
 from iddm.config import field
 from iddm.decouple.privacy import PrivacyConfig
+from iddm.diffusion.backbone import INSTANCE_PROMPT
 
 MethodName = Literal["lora", "dreambooth", "full"]
 CropName = Literal["aligned", "portrait"]
@@ -49,7 +50,7 @@ class PersonalizeConfig:
     method: MethodName = field(
         "lora", help="'lora' or 'dreambooth' (Stable Diffusion); the micro backbone always trains fully ('full')."
     )
-    instance_prompt: str = field("a photo of sks person", help="Prompt that names the person.")
+    instance_prompt: str = field(INSTANCE_PROMPT, help="Prompt that names the person.")
     class_prompt: str = field("a photo of a person", help="Prompt of the class, for prior preservation.")
     with_prior_preservation: bool = field(False, help="Add the prior-preservation loss on class images (SD only).")
     prior_loss_weight: float = field(1.0, help="Weight of the prior-preservation loss.", ge=0)
