@@ -69,10 +69,12 @@ def _cmd_faces(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny_sd(args: argparse.Namespace) -> int:
-    from iddm.diffusion import save_tiny_sd_pipeline
+    from iddm.diffusion.tiny import save_tiny_sd_pipeline, save_tiny_sdxl_pipeline
 
-    path = save_tiny_sd_pipeline(args.output_dir, seed=args.seed, resolution=args.resolution)
-    print(f"Wrote a tiny random Stable Diffusion pipeline to {path} (random weights: it draws noise).")
+    save = save_tiny_sdxl_pipeline if args.xl else save_tiny_sd_pipeline
+    path = save(args.output_dir, seed=args.seed, resolution=args.resolution)
+    name = "Stable Diffusion XL" if args.xl else "Stable Diffusion"
+    print(f"Wrote a tiny random {name} pipeline to {path} (random weights: it draws noise).")
     return 0
 
 
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--output_dir", type=Path, required=True, help="Folder to write the pipeline to.")
     tiny.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
     tiny.add_argument("--resolution", type=int, default=64, help="Image resolution in px.")
+    tiny.add_argument("--xl", action="store_true", help="A Stable Diffusion XL pipeline (two text encoders).")
     tiny.set_defaults(func=_cmd_tiny_sd)
 
     add_evaluation_commands(commands)

@@ -1,10 +1,11 @@
-"""Diffusion backbones (micro pixel-space, Stable Diffusion), their shared math, sampling and training data."""
+"""Diffusion backbones (micro pixel-space, Stable Diffusion, SDXL), their shared math, sampling and training data."""
 
 from iddm.diffusion.backbone import INSTANCE_PROMPT, Backbone, Conditioning, MethodSettings
 from iddm.diffusion.data import TrainingPhotos, prepare_photos
 from iddm.diffusion.loading import MICRO, load_backbone
 from iddm.diffusion.pixel import PixelBackbone
 from iddm.diffusion.sampling import sample
+from iddm.diffusion.sdxl import StableDiffusionXLBackbone
 from iddm.diffusion.stable_diffusion import LORA_WEIGHT_NAME, StableDiffusionBackbone
 from iddm.diffusion.tiny import build_clip_tokenizer, build_tiny_sd_pipeline, save_tiny_sd_pipeline
 
@@ -17,6 +18,7 @@ __all__ = [
     "MethodSettings",
     "PixelBackbone",
     "StableDiffusionBackbone",
+    "StableDiffusionXLBackbone",
     "TrainingPhotos",
     "build_clip_tokenizer",
     "build_tiny_sd_pipeline",

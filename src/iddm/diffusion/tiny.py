@@ -6,6 +6,8 @@
 * :func:`build_tiny_sd_pipeline`: a randomly initialized Stable Diffusion pipeline (UNet, VAE, CLIP
   text encoder, real tokenizer) of a few million parameters, the same shape as the ones
   diffusers' own tests use. It exercises the real SD code path offline; it generates noise.
+* :func:`build_tiny_sdxl_pipeline`: the same for Stable Diffusion XL (two text encoders, the second
+  with a projection; a UNet with SDXL's ``text_time`` added conditioning).
 * :func:`micro_unet_config`: the pixel-space UNet of the micro backbone, which does learn a face.
 """
 
@@ -16,8 +18,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from iddm.faces.cache import package_file
 
@@ -57,6 +65,21 @@ def build_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=dict(vocab), merges=pairs, model_max_length=model_max_length)
 
 
+def _tiny_clip_config(projection_dim: int = 32) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=CLIP_VOCAB_SIZE,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+    )
+
+
 def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusionPipeline:
     """A randomly initialized, tiny Stable Diffusion 1.x pipeline (1.4 M UNet parameters).
 
@@ -86,26 +109,13 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
         latent_channels=4,
         sample_size=resolution,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=CLIP_VOCAB_SIZE,
-            max_position_embeddings=77,
-            projection_dim=32,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_clip_config())
     return assemble_sd_pipeline(unet, vae, text_encoder, build_clip_tokenizer())
 
 
-def assemble_sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` of the given components with SD 1.x's DDIM noise schedule, no safety checker."""
-    scheduler = DDIMScheduler(
+def _sd_scheduler() -> DDIMScheduler:
+    """SD 1.x's (and SDXL's) noise schedule, sampled with DDIM."""
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -113,12 +123,16 @@ def assemble_sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionP
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+def assemble_sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` of the given components with SD 1.x's DDIM noise schedule, no safety checker."""
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -129,6 +143,68 @@ def save_tiny_sd_pipeline(output_dir: str | Path, seed: int = 0, resolution: int
     """Write :func:`build_tiny_sd_pipeline` as a diffusers folder (safetensors) loadable offline."""
     output_dir = Path(output_dir)
     build_tiny_sd_pipeline(seed=seed, resolution=resolution).save_pretrained(output_dir, safe_serialization=True)
+    return output_dir
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusionXLPipeline:
+    """A randomly initialized, tiny Stable Diffusion XL pipeline, shaped like diffusers' own SDXL tests.
+
+    As in SDXL, the UNet cross-attends to both text encoders' penultimate hidden states concatenated
+    (32 + 32 = 64 channels) and adds a ``text_time`` embedding of text encoder 2's pooled projection
+    (32) and the six size/crop micro-conditioning values (6 x 8), so ``projection_class_embeddings_input_dim``
+    is 80. Both tokenizers are the real CLIP BPE tokenizer; the second pads with ``!`` as SDXL's does.
+    The VAE downsamples by 2 and asks for ``force_upcast`` (fp32 decoding) as SDXL's VAE does.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=resolution // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(4, 8),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=32 + 32,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=resolution,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    text_encoder = CLIPTextModel(_tiny_clip_config())
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(projection_dim=32))
+    tokenizer_2 = build_clip_tokenizer()
+    tokenizer_2.pad_token = "!"
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=build_clip_tokenizer(),
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def save_tiny_sdxl_pipeline(output_dir: str | Path, seed: int = 0, resolution: int = 64) -> Path:
+    """Write :func:`build_tiny_sdxl_pipeline` as a diffusers folder (safetensors) loadable offline."""
+    output_dir = Path(output_dir)
+    build_tiny_sdxl_pipeline(seed=seed, resolution=resolution).save_pretrained(output_dir, safe_serialization=True)
     return output_dir
 
 
