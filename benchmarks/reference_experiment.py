@@ -28,6 +28,7 @@ from iddm.diffusion import INSTANCE_PROMPT
 from iddm.diffusion.generate import generate_images, load_for_generation
 from iddm.evaluate.linkability import embed_images, linkability
 from iddm.evaluate.quality import brisque_score
+from iddm.evaluate.results import to_json
 from iddm.faces import load_recognizer
 from iddm.images import atomic_write_json, atomic_write_text, load_photo, make_grid, save_png
 from iddm.run_layout import LOG_FILE, PRIVATE_DIR
@@ -145,7 +146,11 @@ def main() -> int:
                 "ssim": final.get("ssim"),
                 "linf_255": final.get("linf_255"),
                 "fr": {
-                    r.name: linkability(probes, heldout, gallery, "obama", r, white_box=BACKENDS[key])
+                    r.name: to_json(
+                        linkability(
+                            probes, heldout, gallery, "obama", r, "white-box" if BACKENDS[key] else "black-box"
+                        )
+                    )
                     for key, r in zip(BACKENDS, recognizers)
                 },
             }
@@ -180,7 +185,7 @@ def markdown_table(results: dict) -> str:
         cells = [level]
         for n in names:
             fr = row["fr"][n]
-            cells.append(f"{fr['match_rate']:.2f} / {fr['rank1']:.2f} / {fr['mean_cosine_heldout']:.3f}")
+            cells.append(f"{fr['match_rate']:.2f} / {fr['rank1']:.2f} / {fr['ism']:.3f}")
         psnr = "–" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
         ssim = "–" if row["ssim"] is None else f"{row['ssim']:.3f}"
         ratio = f"{row['wall_s'] / vanilla_wall:.2f}" if vanilla_wall else "–"

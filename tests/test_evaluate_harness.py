@@ -18,16 +18,19 @@ from PIL import Image
 
 from iddm.cli import main
 from iddm.config import build_config
-from iddm.evaluate.benchmark import Identity, discover_dataset, plan_cells, subset
-from iddm.evaluate.linkability import FaceSet
+from iddm.evaluate.cells import plan_cells
+from iddm.evaluate.dataset import Identity, discover_dataset
+from iddm.evaluate.linkability import FaceSet, subset
 from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS
 from iddm.images import save_png
 from iddm.schedule import PersonalizeConfig, personalize
 
 CHROMIUM = Path("/usr/bin/chromium")
 BACKEND_KEYS = {
-    "recognizer", "role", "white_box", "num_probes", "num_faces", "fdfr", "threshold", "chance_rank1", "ism",
-    "mean_cosine_heldout", "match_rate", "rank1", "rank1_targeted", "chance_rank1_targeted", "match_at_far",
+    "recognizer", "role", "white_box", "num_probes", "num_faces", "fdfr", "threshold", "num_identities", "ism",
+    "impostor_mean", "match_rate", "rank1", "chance_rank1", "rank_last", "rank_standard_error", "mean_user_rank",
+    "chance_mean_user_rank", "user_z", "user_z_standard_error", "rank1_targeted", "chance_rank1_targeted",
+    "rank1_targeted_pool", "match_at_far", "flags",
 }  # fmt: skip
 TINY = ["--max_train_steps", "4", "--resolution", "32", "--num_images", "2", "--num_inference_steps", "2"]
 
@@ -124,7 +127,9 @@ def test_evaluate_links_the_real_person_on_every_backend(evaluated):
     out, metrics = evaluated
     assert set(metrics) == {
         "images", "num_images", "reference", "gallery", "run", "prompts", "backends", "utility", "robustness",
+        "warnings",
     }  # fmt: skip
+    assert metrics["warnings"] == []
     assert metrics["num_images"] == 3
     assert metrics["gallery"]["identities"] == ["user", "ardern", "biden", "collins", "hopper", "macron", "sunak"]
     assert list(metrics["backends"]) == ["sface", "facenet", "dlib"]
@@ -132,7 +137,12 @@ def test_evaluate_links_the_real_person_on_every_backend(evaluated):
     for key, m in metrics["backends"].items():
         assert set(m) == BACKEND_KEYS, key
         assert m["rank1"] == 1.0 and m["rank1_targeted"] == 1.0 and m["match_rate"] == 1.0, (key, m)
-        assert m["chance_rank1"] == pytest.approx(1 / 7)
+        assert m["rank1_targeted_pool"] == "real photos"  # no other cells: other people's real photos
+        assert m["chance_rank1"] == pytest.approx(1 / 7) and m["num_identities"] == 7
+        # The real person is ranked first, never last, and stands out: every attack but rank-last beats chance.
+        assert m["rank_last"] == 0.0 and m["mean_user_rank"] == 1.0 and m["chance_mean_user_rank"] == 4.0
+        assert m["user_z"] > 2 and m["flags"] == ["rank1", "user_z"], (key, m["user_z"], m["flags"])
+        assert m["ism"] > m["impostor_mean"]  # more similar than a random stranger
         assert m["ism"] > thresholds[key], (key, m["ism"])
         assert m["fdfr"] == 0.0 and m["num_faces"] == 3
         assert set(m["match_at_far"]) == {"0.01", "0.001"}
@@ -159,8 +169,22 @@ def test_evaluate_links_the_real_person_on_every_backend(evaluated):
         assert set(by_key) == {"sface", "facenet", "dlib"}, condition
         assert all(0 <= m["rank1"] <= 1 for m in by_key.values())
     report = (out / "report.md").read_text()
-    assert "R1-U" in report and "jpeg50" in report and "white-box" in report
+    assert "R1-U" in report and "jpeg50" in report and "white-box" in report and "rank-last" in report
+    assert "Attacks that beat chance" in report and "sface (white-box): linkable" in report
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+
+
+def test_evaluate_publishes_the_privacy_report_card(evaluated, cloak_run):
+    _, metrics = evaluated
+    card = (cloak_run / "model" / "README.md").read_text()
+    assert "Not measured yet" not in card and "Measured by `iddm evaluate` on 3 generations against 7" in card
+    sface = metrics["backends"]["sface"]
+    assert f"| sface | white-box | {sface['rank1']:.2f} ({sface['chance_rank1']:.2f}) |" in card
+    published = _strict_json(cloak_run / "model" / "iddm_privacy.json")
+    assert published["num_images"] == 3 and published["num_identities"] == 7
+    assert published["backends"]["dlib"]["rank_last"] == metrics["backends"]["dlib"]["rank_last"]
+    assert published["backends"]["sface"]["flags"] == ["rank1", "user_z"]
+    assert str(cloak_run) not in json.dumps(published) and "obama" not in card  # no paths, no photo names
 
 
 def test_evaluate_another_person_is_not_linked(attack_dirs, tmp_path):
@@ -273,6 +297,9 @@ def test_benchmark_writes_every_artifact(benchmark_out):
         assert row["sface_role"] == ("white-box" if white else "black-box"), row["method"]
         assert row["facenet_role"] == row["dlib_role"] == "black-box"
         assert float(row["dlib_r1u_chance"]) == pytest.approx(1 / 5)  # the user + 4 other identities
+        assert row["status"] == "done" and row["error"] == ""
+        # 4-step models draw no detectable face: R1-T is undefined, never computed on a pool of real photos.
+        assert row["dlib_r1t_pool"] == row["dlib_r1t"] == "" and row["dlib_r1u"] == ""
         if row["method"] in ("cloak", "noise"):
             assert 0 < float(row["linf_255"]) <= 16 and float(row["psnr_db"]) > 20
         if row["method"] == "vanilla":
@@ -358,6 +385,7 @@ def test_benchmark_anti_dreambooth_layout(identity_photos, tmp_path):
     record = json.loads((out / "cells" / "obama" / "vanilla-off" / "cell.json").read_text())
     assert record["backends"]["sface"]["chance_rank1"] == pytest.approx(1 / 3)  # user, macron, ardern
     assert record["backends"]["sface"]["role"] == "black-box"
+
 
 
 def test_dataset_and_cell_planning_errors(tmp_path, identity_photos):

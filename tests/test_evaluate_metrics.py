@@ -12,6 +12,7 @@ import torch
 
 from iddm.evaluate.metrics import (
     InsufficientImpostorPairsWarning,
+    binomial_standard_error,
     calibrate_threshold,
     chance_level,
     cosine_to_reference,
@@ -27,7 +28,11 @@ from iddm.evaluate.metrics import (
     rank1_targeted_hits,
     rank1_untargeted,
     rank1_untargeted_hits,
+    rank_last_hits,
+    standard_error_of_mean,
     targeted_chance_level,
+    user_ranks,
+    user_zscores,
 )
 
 
@@ -273,3 +278,56 @@ def test_vectorized_metrics_agree_with_loops():
     assert rank1_targeted_hits(probes, emb, is_user).tolist() == expected_targeted
     threshold, allowed = calibrate_threshold(pairs, 0.01), math.floor(0.01 * len(pairs))
     assert np.sum(np.array(pairs) >= threshold) <= allowed < np.sum(np.array(pairs) >= np.nextafter(threshold, -1.0))
+
+
+# ---------------------------------------------------------------- over-decoupling: rank-last, rank, z-score
+
+OVER = ["user", "user", "a", "b", "c"]  # gallery labels: the user has two photos, three strangers one each
+
+
+def _gallery() -> np.ndarray:
+    return np.array([unit(0), unit(10), unit(90), unit(120), unit(150)])  # user template at 5 degrees
+
+
+def test_rank_last_fires_when_the_user_is_the_least_similar():
+    probes = [unit(-175), unit(-170)]  # opposite the user: a, b, c are all closer
+    assert rank_last_hits(probes, _gallery(), OVER, "user").tolist() == [True, True]
+    assert user_ranks(probes, _gallery(), OVER, "user").tolist() == [4, 4]
+    assert (user_zscores(probes, _gallery(), OVER, "user") < -1).all()
+    assert not rank1_untargeted_hits(probes, _gallery(), OVER, "user").any()
+
+
+def test_rank_of_a_linkable_probe_and_ties_favour_the_attacker():
+    z = user_zscores([unit(5)], _gallery(), OVER, "user")
+    others = np.cos(np.radians([85.0, 115.0, 145.0]))
+    assert z[0] == pytest.approx((1.0 - others.mean()) / others.std())
+    assert user_ranks([unit(5)], _gallery(), OVER, "user").tolist() == [1]
+    compass = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # user, a, b, c: exact ties below
+    labels = ["user", "a", "b", "c"]
+    between_user_and_a = [[1.0, 1.0]]
+    assert user_ranks(between_user_and_a, compass, labels, "user").tolist() == [1]
+    assert rank1_untargeted_hits(between_user_and_a, compass, labels, "user").tolist() == [True]
+    far_from_user_and_a = [[-1.0, -1.0]]
+    assert rank_last_hits(far_from_user_and_a, compass, labels, "user").tolist() == [True]
+    assert user_ranks(far_from_user_and_a, compass, labels, "user").tolist() == [3]  # b and c are closer
+
+
+def test_zscore_is_undefined_with_one_stranger_and_errors():
+    two = np.array([unit(0), unit(90)])
+    assert math.isnan(user_zscores([unit(10)], two, ["user", "a"], "user")[0])
+    with pytest.raises(ValueError, match="not among the gallery labels"):
+        user_ranks([unit(0)], two, ["a", "b"], "user")
+    with pytest.raises(ValueError, match="at least one distractor"):
+        rank_last_hits([unit(0)], two, ["user", "user"], "user")
+    assert rank_last_hits(np.zeros((0, 2)), two, ["user", "a"], "user").shape == (0,)
+
+
+def test_standard_errors():
+    assert binomial_standard_error(0.25, 12) == pytest.approx(0.125)
+    assert binomial_standard_error(0.5, 1) == pytest.approx(0.5)
+    assert math.isnan(binomial_standard_error(0.5, 0))
+    with pytest.raises(ValueError, match="chance"):
+        binomial_standard_error(1.5, 4)
+    assert standard_error_of_mean([1.0, 3.0]) == pytest.approx(1.0)
+    assert standard_error_of_mean([1.0, np.nan, 3.0]) == pytest.approx(1.0)
+    assert math.isnan(standard_error_of_mean([2.0]))

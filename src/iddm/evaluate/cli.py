@@ -5,32 +5,46 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iddm.config import add_dataclass_arguments, config_from_namespace
+from iddm.config import add_dataclass_arguments, config_from_namespace, print_error
 from iddm.evaluate.benchmark import BenchmarkConfig
 from iddm.evaluate.harness import EvaluateConfig
+from iddm.evaluate.report import fmt
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from iddm.evaluate.harness import run_evaluate
 
     config = config_from_namespace(EvaluateConfig, args)
-    metrics = run_evaluate(config)
-    summary = ", ".join(f"{key} ({m['role']}) R1-U {m.get('rank1')}" for key, m in metrics["backends"].items())
-    print(f"Wrote metrics.json, report.md and report.html to {config.output_dir}: {summary}.")
+    report = run_evaluate(config)
+    summary = ", ".join(
+        f"{key} ({m.role}) R1-U {fmt(m.rank1)}, rank-last {fmt(m.rank_last)}" for key, m in report.backends.items()
+    )
+    card = f"; model card of {config.run_dir} updated" if config.run_dir else ""
+    print(f"Wrote metrics.json, report.md and report.html to {config.output_dir}: {summary}{card}.")
     return 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from iddm.evaluate.benchmark import run_benchmark
+    from iddm.evaluate.results import CellFailure
 
     config = config_from_namespace(BenchmarkConfig, args)
-    results = run_benchmark(config)
+    outcomes = run_benchmark(config)
     out = Path(config.output_dir)
     print((out / "results.md").read_text())
     print(
-        f"{len(results['cells'])} cells. Wrote results.csv, results.json, results.md, privacy_utility.png and "
+        f"{len(outcomes)} cells. Wrote results.csv, results.json, results.md, privacy_utility.png and "
         f"report.html to {out}."
     )
+    failed = [o for o in outcomes if isinstance(o, CellFailure)]
+    if failed:
+        print_error(
+            "benchmark",
+            f"{len(failed)} of {len(outcomes)} cells failed (first: {failed[0].identity}/{failed[0].method}-"
+            f"{failed[0].level}: {failed[0].error}); see results.md and each cell's cell.log, then rerun the same "
+            "command to retry only those",
+        )
+        return 1
     return 0
 
 

@@ -50,7 +50,12 @@ __all__ = [
     "rank1_targeted_hits",
     "rank1_untargeted",
     "rank1_untargeted_hits",
+    "rank_last_hits",
+    "standard_error_of_mean",
+    "binomial_standard_error",
     "targeted_chance_level",
+    "user_ranks",
+    "user_zscores",
 ]
 
 ReferenceMode = Literal["mean", "max"]
@@ -271,6 +276,98 @@ def rank1_untargeted(
     """
     hits = rank1_untargeted_hits(probe_emb, gallery_emb, gallery_labels, user_label, mode=mode)
     return float(hits.mean()) if len(hits) else math.nan
+
+
+def _identity_scores(
+    probe_emb: Any, gallery_emb: Any, gallery_labels: Sequence[Hashable] | np.ndarray, user_label: Hashable
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores (P, I), is_user (I,))``: cosine of each probe to each gallery identity's template."""
+    probe = _embeddings(probe_emb, "probe_emb")
+    gallery = _embeddings(gallery_emb, "gallery_emb")
+    labels = _labels(gallery_labels, len(gallery), "gallery_labels")
+    _check_dims((probe, "probe_emb"), (gallery, "gallery_emb"))
+    if not (labels == user_label).any():
+        known = np.unique(labels).tolist()[:10]
+        raise ValueError(f"user_label {user_label!r} is not among the gallery labels {known}.")
+    identities, centroids = identity_centroids(gallery, labels)
+    if len(identities) < 2:
+        raise ValueError("Ranking the user needs the user plus at least one distractor identity in the gallery.")
+    if len(probe) == 0:
+        return np.zeros((0, len(identities))), identities == user_label
+    return probe @ centroids.T, identities == user_label
+
+
+def user_ranks(
+    probe_emb: Any, gallery_emb: Any, gallery_labels: Sequence[Hashable] | np.ndarray, user_label: Hashable
+) -> np.ndarray:
+    """Rank of the user among the gallery identities for each probe (1 = most similar template).
+
+    The rank is ``1 + #(other identities strictly more similar than the user)``: ties favour the
+    attacker, as everywhere here. A random ranking gives a mean rank of ``(I + 1) / 2`` for ``I``
+    identities.
+
+    Returns:
+        ``(P,)`` int ranks in ``1..I``.
+    """
+    scores, is_user = _identity_scores(probe_emb, gallery_emb, gallery_labels, user_label)
+    user = scores[:, is_user][:, 0]
+    return 1 + (scores[:, ~is_user] > user[:, None]).sum(axis=1)
+
+
+def rank_last_hits(
+    probe_emb: Any, gallery_emb: Any, gallery_labels: Sequence[Hashable] | np.ndarray, user_label: Hashable
+) -> np.ndarray:
+    """Per-probe rank-last hits: is the user's template the *least* similar of all gallery identities?
+
+    A generation that is further from its own person than from every stranger is linkable too: an
+    attacker who knows the defense over-decouples can pick the user as the least similar identity.
+    Chance is ``1 / #identities``, as for rank-1; a tie for the least similar counts as a hit.
+
+    Returns:
+        ``(P,)`` bool.
+    """
+    scores, is_user = _identity_scores(probe_emb, gallery_emb, gallery_labels, user_label)
+    return scores[:, is_user][:, 0] <= scores[:, ~is_user].min(axis=1, initial=np.inf)
+
+
+def user_zscores(
+    probe_emb: Any, gallery_emb: Any, gallery_labels: Sequence[Hashable] | np.ndarray, user_label: Hashable
+) -> np.ndarray:
+    """Per-probe z-score of the user's cosine against the probe's cosines to every other identity.
+
+    ``z = (cos(probe, user) - mean_j cos(probe, other_j)) / std_j cos(probe, other_j)`` over the
+    templates of the ``I - 1`` other identities (population std). ``z`` near 0: the user looks like a
+    stranger; ``z >> 0``: linkable; ``z << 0``: over-decoupled (further than a random stranger).
+
+    Returns:
+        ``(P,)`` float64; ``nan`` where fewer than two other identities exist or their cosines are all equal.
+    """
+    scores, is_user = _identity_scores(probe_emb, gallery_emb, gallery_labels, user_label)
+    others = scores[:, ~is_user]
+    if others.shape[1] < 2:
+        return np.full(len(scores), math.nan)
+    spread = others.std(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (scores[:, is_user][:, 0] - others.mean(axis=1)) / spread
+    return np.where(spread > 0, z, math.nan)
+
+
+def binomial_standard_error(chance: float, n: int) -> float:
+    """Standard error of a hit rate over ``n`` independent trials when each hits with probability ``chance``.
+
+    ``sqrt(chance * (1 - chance) / n)``: the sampling error of a rate under the no-linkability hypothesis;
+    ``nan`` for ``n == 0``.
+    """
+    if not 0 <= chance <= 1:
+        raise ValueError(f"chance must lie in [0, 1], got {chance}.")
+    return math.sqrt(chance * (1 - chance) / n) if n > 0 else math.nan
+
+
+def standard_error_of_mean(values: Sequence[float] | np.ndarray) -> float:
+    """``std(values, ddof=1) / sqrt(n)`` over the finite values; ``nan`` for fewer than two."""
+    array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    return float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) >= 2 else math.nan
 
 
 def _pool_flags(pool_is_user: Sequence[bool] | np.ndarray, k: int) -> np.ndarray:
