@@ -1,8 +1,9 @@
 """IDDM's reference experiment on the micro backbone, with real photos and three real FR systems.
 
 Trains on 3 Obama photos (the 4th is held out as the attacker's reference), once per level: vanilla
-(``off``), IDDM ``low``/``medium``/``high`` (calibrated identity loss) and ``high-unbounded``, and two controls at the ``high`` budget: ``noise``
-(uniform ±ε) and ``cloak`` (one-shot FR cloak, then ordinary training). Same seed and number of
+(``off``), IDDM ``low``/``medium``/``high`` (calibrated identity loss) and ``high-unbounded``, and two
+controls at the ``high`` budget: ``noise`` (uniform ±ε) and ``cloak`` (one-shot FR cloak, then
+ordinary training). Same seed and number of
 personalization steps for all. Samples 16 avatars per run and attacks them with SFace and FaceNet
 (white-box: the optimizer's surrogates) and dlib (black-box: never seen by the optimizer).
 
