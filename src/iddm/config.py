@@ -122,6 +122,17 @@ class ArgumentParser(argparse.ArgumentParser):
                     flags |= sub._all_flags() if isinstance(sub, ArgumentParser) else set()
         return flags
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but a sub-command's unknown flags are reported by that sub-command (``iddm personalize:
+        error: ...``), with the closest of its own flags, instead of by the top-level parser."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions if extras else ():
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(namespace, action.dest, None) or "")
+                if isinstance(sub, ArgumentParser):
+                    sub.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("unrecognized arguments:"):
             flags = sorted(self._all_flags())
@@ -315,22 +326,28 @@ def build_config(cls: type[T], values: dict[str, Any]) -> T:
     fields = flat_fields(cls)
     problems: list[str] = []
     coerced: dict[str, Any] = {}
+    invalid: set[str] = set()
     for name, value in flat.items():
         f, tp, _ = fields[name]
         try:
             coerced[name] = _coerce(value, tp)
         except ValueError as err:
             problems.append(f"--{name} {err}")
+            invalid.add(name)
             continue
         choices = f.metadata.get("choices")
         items = coerced[name] if isinstance(coerced[name], (list, tuple)) else [coerced[name]]
+        own = []
         if choices is not None and any(item is not None and item not in choices for item in items):
-            problems.append(f"--{name} must be one of {choices}, got {value!r}")
-        problems += [f"--{name} {p}" for p in _bound_problems(coerced[name], f.metadata.get("bounds", {}))]
-    if problems:
-        raise ConfigError("invalid options: " + "; ".join(problems))
-    config = _construct(cls, coerced)
-    problems = _collect_problems(config)
+            own.append(f"--{name} must be one of {choices}, got {value!r}")
+        own += [f"--{name} {p}" for p in _bound_problems(coerced[name], f.metadata.get("bounds", {}))]
+        problems += own
+        invalid |= {name} if own else set()
+    # Cross-field rules see the valid values only (invalid ones fall back to their defaults), so that one
+    # error lists every problem; a rule about an option already reported as invalid is not repeated.
+    config = _construct(cls, {k: v for k, v in coerced.items() if k not in invalid})
+    reported = tuple(f"--{name} " for name in invalid)
+    problems += [p for p in _collect_problems(config) if not p.startswith(reported)]
     if problems:
         raise ConfigError("invalid options: " + "; ".join(problems))
     return config
@@ -389,6 +406,12 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def print_error(command: str, err: BaseException | str) -> None:
-    """The one line a user sees: ``iddm COMMAND: error: MESSAGE`` (a multi-line message joined with '; ')."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    print(f"iddm {command}: error: {'; '.join(lines)}", file=sys.stderr)
+    """The one line a user sees: ``iddm COMMAND: error: MESSAGE``.
+
+    A multi-line message is joined with '; ' (with a space after a line that ends in ':', which introduces a list).
+    """
+    text = ""
+    for line in (line.strip() for line in str(err).strip().splitlines()):
+        if line:
+            text += (" " if not text or text.endswith(":") else "; ") + line
+    print(f"iddm {command}: error:{text}", file=sys.stderr)

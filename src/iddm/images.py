@@ -104,23 +104,38 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
 def list_photos(folder: str | Path, min_photos: int = 1) -> list[Path]:
     """The image files of ``folder`` (sorted, byte-identical duplicates dropped with a warning).
 
-    Non-image files are skipped with a warning. Raises ``PhotoError`` when the folder does not exist
-    or holds fewer than ``min_photos`` distinct images.
+    Non-image files, and links that lead nowhere (broken, or a loop), are skipped with a warning;
+    duplicates are summarized in one warning per photo kept. Raises ``PhotoError`` when the folder does
+    not exist, is a file, or holds fewer than ``min_photos`` distinct images.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise PhotoError(f"{folder}: is a file, not a folder; pass the folder that holds the photos.")
     if not folder.is_dir():
         raise PhotoError(f"{folder}: photo folder does not exist or is not a folder.")
-    photos, seen = [], {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+    first_with: dict[str, Path] = {}  # SHA-256 -> the photo kept
+    copies: dict[Path, list[Path]] = {}  # photo kept -> files with the same bytes
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if path.is_symlink() and not path.exists():
+            logger.warning("Skipping %s: a symbolic link to nothing (broken, or a loop).", path)
+            continue
+        if not path.is_file():
+            continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             logger.warning("Skipping %s: not an image file (extensions read: %s).", path, sorted(IMAGE_EXTENSIONS))
             continue
-        digest = file_sha256(path)
-        if digest in seen:
-            logger.warning("Skipping %s: same bytes as %s.", path, seen[digest])
-            continue
-        seen[digest] = path
-        photos.append(path)
+        kept = first_with.setdefault(file_sha256(path), path)
+        copies.setdefault(kept, [])
+        if kept != path:
+            copies[kept].append(path)
+    photos = list(copies)
+    for kept, same in copies.items():
+        # One line per photo kept, not one per copy: a folder of 200 copies warns once.
+        if len(same) == 1:
+            logger.warning("Skipping %s: same bytes as %s.", same[0], kept)
+        elif same:
+            names = ", ".join(p.name for p in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
+            logger.warning("Skipping %d files with the same bytes as %s: %s.", len(same), kept, names)
     if len(photos) < min_photos:
         raise PhotoError(
             f"{folder}: found {len(photos)} usable photo(s), need at least {min_photos}. "

@@ -101,6 +101,8 @@ class PrivacyConfig:
             problems.append(
                 f"--surrogate_weights has {len(self.surrogate_weights)} values for {len(self.surrogates)} surrogates"
             )
+        if self.decoy is not None and not Path(self.decoy).is_file():
+            problems.append(f"--decoy {self.decoy} is not a photo file")
         if len(set(self.surrogates)) != len(self.surrogates):
             problems.append(f"--surrogates lists a model twice: {self.surrogates}")
         return problems

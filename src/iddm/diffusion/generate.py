@@ -17,7 +17,7 @@ from iddm.diffusion.data import to_uint8
 from iddm.diffusion.loading import load_backbone
 from iddm.diffusion.sampling import sample
 from iddm.diffusion.stable_diffusion import LORA_WEIGHT_NAME
-from iddm.images import ensure_writable_dir, make_grid, save_png
+from iddm.images import check_writable_location, ensure_writable_dir, make_grid, save_png
 from iddm.run_layout import RUN_FILE, is_run_dir, resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ def generation_source(model: str | Path, lora: Path | None = None) -> tuple[str,
 def load_for_generation(model: str | Path, lora: Path | None = None, resolution: int | None = None) -> Backbone:
     """Load a backbone for sampling, with LoRA weights loaded the diffusers way when given (or implied by a run)."""
     base, lora = generation_source(model, lora)
+    if lora is not None and not (resolve_model_dir(lora) / LORA_WEIGHT_NAME).is_file():
+        raise FileNotFoundError(
+            f"--lora {lora} holds no {LORA_WEIGHT_NAME}; pass the output folder (or model/) of a LoRA run."
+        )
     backbone = load_backbone(base, resolution=resolution)
     if lora is not None:
         backbone.load_lora(resolve_model_dir(lora))
@@ -92,6 +96,7 @@ def generate_images(
 
 def run_generate(config: GenerateConfig) -> list[Path]:
     """The ``iddm generate`` command: load, sample, write ``image_NNNN.png`` and ``grid.png``."""
+    check_writable_location(config.output_dir)  # before any work; the folder is created with the first image
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_for_generation(config.pretrained_model_name_or_path, config.lora, config.resolution)
     backbone.to(device)

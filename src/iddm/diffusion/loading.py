@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from iddm.diffusion.backbone import Backbone
@@ -62,10 +63,18 @@ def load_backbone(
     if not _looks_like_hub_id(str(model)):
         raise FileNotFoundError(f"Model path {model} does not exist (and is not a hub id like 'org/name').")
     from diffusers import DiffusionPipeline
+    from huggingface_hub.constants import is_offline_mode
 
     try:
-        index = DiffusionPipeline.load_config(str(model), revision=revision)
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub a deprecated argument
+            warnings.simplefilter("ignore", UserWarning)
+            index = DiffusionPipeline.load_config(str(model), revision=revision)
     except (OSError, ValueError) as err:
+        if is_offline_mode():
+            raise ValueError(
+                f"Cannot load {model!r} from the Hugging Face hub: it is switched off (HF_HUB_OFFLINE=1) and the "
+                "model is not in the local hub cache. Pass a local diffusers folder, or go online."
+            ) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"Cannot load {model!r} from the Hugging Face hub ({first}). Offline? Pass a local diffusers folder."

@@ -91,7 +91,8 @@ def finalize(trainer: Trainer, wall_seconds: float) -> None:
         resolution=trainer.backbone.resolution,
         instance_prompt=config.instance_prompt,
         defense=privacy.defense_name,
-        privacy=privacy.as_dict(),
+        # The decoy's file path stays private (the run's log has it); the model says only that one was used.
+        privacy={**privacy.as_dict(), "decoy": privacy.decoy is not None},
         surrogates=privacy.white_box,
     )
     with atomic_folder(output_dir / MODEL_DIR) as model_dir:
@@ -102,6 +103,7 @@ def finalize(trainer: Trainer, wall_seconds: float) -> None:
             export_kohya(model_dir)
         manifest.save(model_dir)
         write_model_card(model_dir, manifest, config, trainer.plan, len(trainer.photos))
+        drop_local_model_paths(model_dir)
     write_validation(trainer, "final", trainer.state.step)
     _write_private(trainer, wall_seconds)
     RunManifest(
@@ -112,6 +114,23 @@ def finalize(trainer: Trainer, wall_seconds: float) -> None:
         crop=config.crop,
         config=config_to_dict(config),
     ).save(output_dir)
+
+
+def drop_local_model_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` from every ``*.json`` under ``folder``.
+
+    diffusers and transformers record where a component was loaded from (``_name_or_path``) and save it
+    with the weights: for a base model read from disk that is a local folder (or the user's hub cache),
+    which must not reach the publishable ``model/``. Loading never needs it.
+    """
+    for path in sorted(folder.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "_name_or_path" in data:
+            del data["_name_or_path"]
+            atomic_write_json(path, data)
 
 
 def _write_private(trainer: Trainer, wall_seconds: float) -> None:

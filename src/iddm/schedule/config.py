@@ -134,7 +134,9 @@ class PersonalizeConfig:
             problems.append(f"--resolution must be a multiple of 8, got {self.resolution}")
         if self.photos is not None and self.output_dir is not None:
             photos, output = Path(self.photos).resolve(), Path(self.output_dir).resolve()
-            if output == photos or photos in output.parents:
+            if output == photos:
+                problems.append(f"--output_dir {self.output_dir} is the --photos folder; choose another")
+            elif photos in output.parents:
                 problems.append(f"--output_dir {self.output_dir} is inside --photos {self.photos}; choose another")
         if self.method == "full" and self.pretrained_model_name_or_path not in (None, "iddm:micro"):
             problems.append("--method full is the micro backbone's; use lora or dreambooth for a pretrained model")

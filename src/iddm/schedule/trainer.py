@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import is_tensorboard_available, is_wandb_available
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -91,6 +92,9 @@ class Trainer:
         self.privacy = resolve_privacy(config.privacy_config)
         self.output_dir = Path(config.output_dir)
         self._check_output_dir(config)
+        self._check_inputs(config)
+        # Resolved now, before the output folder is created: a missing or corrupt checkpoint is bad input.
+        self.checkpoint = resolve_checkpoint(self.output_dir, config.resume_from_checkpoint)
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
         self.backbone = load_backbone(
@@ -124,6 +128,8 @@ class Trainer:
         self.data_optimizer: DataOptimizer | None = None
         if self.privacy.enabled or config.perturbation_from is not None:
             self.data_optimizer = build_data_optimizer(self.privacy, self.photos, self.accelerator.device)
+            if config.perturbation_from is not None:  # its shape must match these photos
+                self.data_optimizer.perturbation.load(_private_file(config.perturbation_from, DELTA_FILE))
         ensure_writable_dir(self.output_dir)  # everything is checked: the run may start
         self.class_images = None
         if config.with_prior_preservation:
@@ -155,9 +161,18 @@ class Trainer:
                 "or choose another --output_dir."
             )
 
+    def _check_inputs(self, config: PersonalizeConfig) -> None:
+        """Input files and packages that options name, checked before any model is loaded."""
+        if config.perturbation_from is not None:
+            _private_file(config.perturbation_from, DELTA_FILE)
+        if config.report_to == "wandb" and not is_wandb_available():
+            raise ImportError("--report_to wandb needs the wandb package: pip install wandb (or --report_to none)")
+        if config.report_to == "tensorboard" and not is_tensorboard_available():
+            raise ImportError("--report_to tensorboard needs the tensorboard package: pip install tensorboard")
+
     def _initial_state(self) -> TrainingState:
         state = TrainingState.fresh(self.config.seed)
-        checkpoint = resolve_checkpoint(self.output_dir, self.config.resume_from_checkpoint)
+        checkpoint = self.checkpoint
         if checkpoint is not None:
             state.step, tensors, info = load_checkpoint(
                 checkpoint, self.backbone.trainable_modules(), self.optimizer, self.lr_scheduler
@@ -174,7 +189,6 @@ class Trainer:
         if self.config.resume_from_checkpoint is not None:
             logger.info("No checkpoint in %s yet: starting from step 0.", self.output_dir)
         if self.data_optimizer is not None and self.config.perturbation_from is not None:
-            self.data_optimizer.perturbation.load(_private_file(self.config.perturbation_from, DELTA_FILE))
             state.history["initial"] = self.data_optimizer.perturbation.summary(self.clean)
         elif self.data_optimizer is not None:
             state.history["initial"] = self.data_optimizer.initialize(
