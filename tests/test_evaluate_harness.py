@@ -387,7 +387,6 @@ def test_benchmark_anti_dreambooth_layout(identity_photos, tmp_path):
     assert record["backends"]["sface"]["role"] == "black-box"
 
 
-
 def test_dataset_and_cell_planning_errors(tmp_path, identity_photos):
     (tmp_path / "solo").mkdir()
     shutil.copy(identity_photos["sunak"][0], tmp_path / "solo")

@@ -90,8 +90,25 @@ class BenchmarkConfig:
     personalize_config: Path | None = field(
         None, help="YAML of further `iddm personalize` options for every run (e.g. round_steps, learning_rate)."
     )
+    workers: int | None = field(
+        None,
+        help="Run up to N cells at once as Ray tasks, on a local Ray started for the run (pip install 'iddm[ray]'); "
+        "default: one cell after the other in this process, without Ray.",
+        ge=1,
+    )
+    ray_address: str | None = field(
+        None, help="Run the cells on an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead."
+    )
+    cpus_per_cell: int = field(
+        1, help="With Ray: CPU cores each cell declares, and its torch threads (SD cells also take 1 GPU).", ge=1
+    )
+
     def problems(self) -> list[str]:
         return [] if self.levels else ["--levels needs at least one privacy level"]
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.workers is not None or self.ray_address is not None
 
 
 RESULT_SETTINGS = (
@@ -262,6 +279,12 @@ def _notes(config: BenchmarkConfig, headline: str, records: Sequence[CellRecord]
 
 def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], dict, dict]:
     """Check every input before any work: ``(output_dir, identities, cells, personalize extra, settings)``."""
+    if config.uses_ray:
+        from iddm.evaluate.distributed import check_address, require_ray
+
+        if config.ray_address is not None:
+            check_address(config.ray_address)  # before importing Ray, which takes seconds
+        require_ray()
     extra = load_yaml(config.personalize_config) if config.personalize_config else {}
     if RESERVED_OPTIONS & set(extra):
         raise ValueError(
@@ -305,7 +328,21 @@ def run_benchmark(config: BenchmarkConfig) -> list[CellRecord | CellFailure]:
             logger.info("Skipping finished cell %s (%s exists).", cell.label, "cell.json")
     if pending:
         faces = embed_identities(identities, cached_backends(plan.backends))
-        run_cells_sequentially(pending, identities, faces, plan)
+        if config.uses_ray:
+            from iddm.evaluate.distributed import run_cells_on_ray
+
+            run_cells_on_ray(
+                pending,
+                identities,
+                faces,
+                plan,
+                config.workers,
+                config.ray_address,
+                config.cpus_per_cell,
+                gpu_cells=config.model is not None,
+            )
+        else:
+            run_cells_sequentially(pending, identities, faces, plan)
     outcomes = collect(cells, output_dir)
     records = stalker_pools([o for o in outcomes if isinstance(o, CellRecord)], output_dir)
     by_key = {(r.identity, r.method, r.level): r for r in records}

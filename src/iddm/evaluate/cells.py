@@ -214,6 +214,24 @@ def load_probes(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
     return probe, reference
 
 
+def mirror_training_photos(identity: Identity, folder: Path) -> Path:
+    """``folder`` holding exactly the identity's training photos (as the dataset holds them now), and only them.
+
+    Writes are atomic and idempotent: cells of one identity may run at once.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {path.name: path for path in identity.train}
+    for name, path in wanted.items():
+        data = path.read_bytes()
+        target = folder / name
+        if not target.is_file() or target.read_bytes() != data:
+            atomic_write_bytes(target, data)
+    for stale in folder.iterdir():
+        if stale.name not in wanted and not stale.name.startswith("."):
+            stale.unlink(missing_ok=True)
+    return folder
+
+
 def run_cell(cell: Cell, identity: Identity, faces: Mapping[str, FaceSet], plan: CellPlan) -> CellRecord:
     """Personalize, generate and attack one cell; writes ``probes.npz`` and returns the record (not yet saved)."""
     from iddm.diffusion.generate import generation_source
@@ -221,11 +239,7 @@ def run_cell(cell: Cell, identity: Identity, faces: Mapping[str, FaceSet], plan:
 
     output_dir = plan.output_dir
     folder = cell.folder(output_dir)
-    photos_dir = output_dir / "data" / identity.name / "train"
-    photos_dir.mkdir(parents=True, exist_ok=True)
-    for path in identity.train:
-        if not (photos_dir / path.name).is_file():  # atomic: cells of one identity may run at once
-            atomic_write_bytes(photos_dir / path.name, path.read_bytes())
+    photos_dir = mirror_training_photos(identity, output_dir / "data" / identity.name / "train")
 
     run_dir, train_seconds = train_cell(cell, plan, photos_dir, folder)
     trained = time.perf_counter()
