@@ -1,0 +1,185 @@
+"""The pretraining corpus: identities found in a folder, face-aligned crops, captions and augmentation.
+
+Every photo goes through exactly the crop that personalization applies to a user's photos on this
+prior (:func:`iddm.diffusion.data.prepare_photos` with ``crop="aligned"``): YuNet's five landmarks,
+a similarity transform onto the ArcFace template zoomed out by ``margin``, ``warp_crop``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from iddm.diffusion.data import aligned_template, to_tensor, warp_crop
+from iddm.faces import detect_faces, select_single_face, similarity_transform
+from iddm.images import IMAGE_EXTENSIONS, PhotoError, file_sha256, load_photo
+
+logger = logging.getLogger(__name__)
+
+CORPUS_EXTENSIONS = IMAGE_EXTENSIONS | {".pgm", ".ppm", ".pnm"}
+"""Photo file types of a corpus (ORL ships PGM)."""
+GRAY_TOLERANCE = 6
+"""A photo whose RGB channels differ by at most this (0..255) at every pixel counts as greyscale."""
+
+
+@dataclass
+class Corpus:
+    """Face-aligned crops of the pretraining identities.
+
+    Attributes:
+        images: ``(N, R, R, 3)`` uint8 RGB crops (grey photos replicated to 3 channels).
+        gray: ``(N,)`` bool, the photo is greyscale (captioned as black and white).
+        identities: identity name of each crop (its folder relative to the corpus root).
+        paths: source file of each crop.
+        skipped: ``"path: reason"`` for every file that was not used.
+        excluded: identities found but left out (held out).
+    """
+
+    images: np.ndarray
+    gray: np.ndarray
+    identities: list[str]
+    paths: list[Path]
+    skipped: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_identities(self) -> int:
+        return len(set(self.identities))
+
+    def summary(self) -> dict:
+        """JSON-friendly counts: photos, identities, colour/grey, detection rate, skipped files, held out."""
+        attempted = len(self.paths) + len(self.skipped)
+        return {
+            "photos_used": len(self.paths),
+            "photos_skipped": len(self.skipped),
+            "face_detection_rate": len(self.paths) / attempted if attempted else float("nan"),
+            "identities": self.num_identities,
+            "color_photos": int((~self.gray).sum()),
+            "gray_photos": int(self.gray.sum()),
+            "held_out_identities": self.excluded,
+            "skipped": self.skipped,
+        }
+
+    def training_tensors(self, flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(M, 3, R, R)`` float32 in ``[0, 1]`` and gray flags ``(M,)``; ``M = 2N`` with horizontal flips
+        (image ``2i + 1`` is the mirror of image ``2i``)."""
+        images = torch.stack([to_tensor(image) for image in self.images])
+        gray = torch.from_numpy(self.gray.copy())
+        if not flip:
+            return images, gray
+        both = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
+        return both, gray.repeat_interleave(2)
+
+
+def find_identities(data_dir: Path) -> dict[str, list[Path]]:
+    """Identity (folder path relative to ``data_dir``, ``/``-separated) -> its photo files, sorted.
+
+    Raises:
+        PhotoError: ``data_dir`` is not a folder or holds no photo file at any depth.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PhotoError(f"{data_dir}: face corpus folder does not exist or is not a folder.")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(data_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in CORPUS_EXTENSIONS:
+            found.setdefault(path.parent.relative_to(data_dir).as_posix(), []).append(path)
+    if not found:
+        raise PhotoError(
+            f"{data_dir}: no photo files ({', '.join(sorted(CORPUS_EXTENSIONS))}) in it or its sub-folders; "
+            "put one sub-folder of photos per identity there."
+        )
+    return found
+
+
+def is_excluded(identity: str, exclude: list[str]) -> bool:
+    """``identity`` (``a/b/Name``) matches an entry of ``exclude`` by folder name or by relative path."""
+    parts = identity.split("/")
+    return any(entry.strip("/") in (identity, parts[-1]) for entry in exclude)
+
+
+def is_gray_file(path: Path, pixels: np.ndarray) -> bool:
+    """The photo is greyscale: a single-channel file, or RGB whose channels agree within ``GRAY_TOLERANCE``."""
+    with Image.open(path) as image:
+        if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+            return True
+    spread = pixels.max(axis=2).astype(np.int16) - pixels.min(axis=2).astype(np.int16)
+    return bool(spread.max() <= GRAY_TOLERANCE)
+
+
+def aligned_crop(photo: np.ndarray, source: str, resolution: int, margin: float) -> np.ndarray:
+    """The ``(R, R, 3)`` uint8 5-point aligned crop personalization makes of ``photo`` (its largest face).
+
+    Raises:
+        iddm.faces.FaceNotFoundError: no face (or a face under 20 px).
+    """
+    face = select_single_face(detect_faces(photo), source=source)
+    matrix = similarity_transform(face.landmarks, aligned_template(resolution, margin))
+    return warp_crop(photo, matrix, resolution)
+
+
+def load_corpus(
+    data_dir: Path,
+    exclude: list[str],
+    resolution: int,
+    margin: float,
+    min_identities: int = 2,
+    skip_bad_photos: bool = True,
+) -> Corpus:
+    """Scan, read, detect and crop every photo of the non-excluded identities of ``data_dir``.
+
+    Byte-identical files are used once. Unreadable photos and photos without a face are skipped with a
+    warning (``skip_bad_photos``) or stop the run with one error listing all of them.
+
+    Raises:
+        PhotoError: no usable photo, bad photos with ``skip_bad_photos=False``, or fewer than
+            ``min_identities`` identities with a usable photo.
+    """
+    found = find_identities(data_dir)
+    excluded = sorted(identity for identity in found if is_excluded(identity, exclude))
+    kept = {identity: paths for identity, paths in found.items() if identity not in excluded}
+    if not kept:
+        raise PhotoError(f"{data_dir}: every identity is excluded ({excluded}); nothing left to pretrain on.")
+    images, gray, identities, used, skipped, seen = [], [], [], [], [], {}
+    files = [(identity, path) for identity, paths in kept.items() for path in paths]
+    for identity, path in tqdm(files, desc="detect + crop", unit="photo", leave=False):
+        digest = file_sha256(path)
+        if digest in seen:
+            logger.warning("Skipping %s: same bytes as %s.", path, seen[digest])
+            continue
+        seen[digest] = path
+        try:
+            photo = load_photo(path)
+            crop = aligned_crop(photo, str(path), resolution, margin)
+        except (PhotoError, ValueError) as err:
+            skipped.append(str(err))
+            continue
+        images.append(crop)
+        gray.append(is_gray_file(path, photo))
+        identities.append(identity)
+        used.append(path)
+    if skipped and not skip_bad_photos:
+        raise PhotoError(
+            f"{len(skipped)} photo(s) of {data_dir} cannot be used (fix or remove them, or pass --skip_bad_photos): "
+            + "; ".join(skipped)
+        )
+    for problem in skipped:
+        logger.warning("Skipping photo: %s", problem)
+    if not used:
+        raise PhotoError(f"{data_dir}: none of {len(files)} photo(s) has a usable face; cannot pretrain a face prior.")
+    corpus = Corpus(np.stack(images), np.array(gray, dtype=bool), identities, used, skipped, excluded)
+    if corpus.num_identities < min_identities:
+        raise PhotoError(
+            f"{data_dir}: {corpus.num_identities} identity with usable photos, at least {min_identities} needed "
+            "(one sub-folder of photos per person); a prior of one face is not a face prior."
+        )
+    return corpus
