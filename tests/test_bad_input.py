@@ -39,7 +39,8 @@ from iddm.cli import main
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 FAST = (
-    "--resolution 32 --validation_steps 0 --num_validation_images 1 --num_inference_steps 1 --checkpointing_steps 0 "
+    "--pretrained_model_name_or_path iddm:micro --resolution 32 --validation_steps 0 --num_validation_images 1 "
+    "--num_inference_steps 1 --checkpointing_steps 0 "
     "--train_batch_size 2"
 ).split()
 CHECKPOINTED = "--max_train_steps 3 --checkpointing_steps 1 --checkpoints_total_limit 5".split()

@@ -144,7 +144,8 @@ def test_calibrated_loss_stops_at_the_stranger_level_the_unbounded_loss_does_not
 
 def test_stage2_model_side_term_changes_training(train_dir, tmp_path):
     common = {
-        "photos": train_dir, "resolution": 32, "max_train_steps": 4, "train_batch_size": 2, "checkpointing_steps": 0,
+        "photos": train_dir, "pretrained_model_name_or_path": "iddm:micro", "resolution": 32, "max_train_steps": 4,
+        "train_batch_size": 2, "checkpointing_steps": 0,
         "validation_steps": 0, "num_validation_images": 1, "num_inference_steps": 1, "surrogates": ["sface"],
         "eot": [], "privacy": "high", "round_steps": 2, "stage1_fraction": 0.5, "data_steps": 1,
     }  # fmt: skip

@@ -21,7 +21,18 @@ from iddm.images import load_photo, save_png
 
 pytest.importorskip("ray")
 
-TINY = ["--max_train_steps", "4", "--resolution", "32", "--num_images", "2", "--num_inference_steps", "2"]
+TINY = [
+    "--model",
+    "iddm:micro",
+    "--max_train_steps",
+    "4",
+    "--resolution",
+    "32",
+    "--num_images",
+    "2",
+    "--num_inference_steps",
+    "2",
+]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 

@@ -32,7 +32,18 @@ BACKEND_KEYS = {
     "chance_mean_user_rank", "user_z", "user_z_standard_error", "rank1_targeted", "chance_rank1_targeted",
     "rank1_targeted_pool", "match_at_far", "flags",
 }  # fmt: skip
-TINY = ["--max_train_steps", "4", "--resolution", "32", "--num_images", "2", "--num_inference_steps", "2"]
+TINY = [
+    "--model",
+    "iddm:micro",
+    "--max_train_steps",
+    "4",
+    "--resolution",
+    "32",
+    "--num_images",
+    "2",
+    "--num_inference_steps",
+    "2",
+]
 
 
 def _strict_json(path: Path) -> dict:
@@ -83,7 +94,8 @@ def cloak_run(tmp_path_factory, identity_photos) -> Path:
     photos.mkdir()
     for path in identity_photos["obama"][:3]:
         shutil.copy(path, photos / path.name)
-    values = dict(photos=photos, output_dir=root / "run", resolution=32, max_train_steps=1, train_batch_size=2)
+    values = dict(photos=photos, output_dir=root / "run", pretrained_model_name_or_path="iddm:micro", resolution=32)
+    values.update(max_train_steps=1, train_batch_size=2)
     values.update(privacy="high", defense="cloak", cloak_steps=2, surrogates=["sface"], checkpointing_steps=0)
     values.update(validation_steps=0, num_validation_images=1, num_inference_steps=2)
     personalize(build_config(PersonalizeConfig, values))

@@ -19,6 +19,7 @@ from iddm.faces import load_recognizer
 from iddm.schedule import PersonalizeConfig, StagePlan, personalize
 
 FAST = dict(
+    pretrained_model_name_or_path="iddm:micro",
     resolution=32,
     max_train_steps=6,
     train_batch_size=2,

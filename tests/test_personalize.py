@@ -24,6 +24,7 @@ from iddm.schedule import PersonalizeConfig, personalize
 from iddm.schedule.checkpoint import list_checkpoints
 
 FAST = dict(
+    pretrained_model_name_or_path="iddm:micro",
     resolution=32,
     max_train_steps=6,
     train_batch_size=2,

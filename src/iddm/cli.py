@@ -22,14 +22,16 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_personalize(args: argparse.Namespace) -> int:
+    from iddm.diffusion.loading import BUILTIN_MODELS
     from iddm.schedule import PersonalizeConfig, personalize
 
     config = config_from_namespace(PersonalizeConfig, args)
-    if config.pretrained_model_name_or_path is None:
+    if config.pretrained_model_name_or_path in BUILTIN_MODELS:
         logger.warning(
-            "No --pretrained_model_name_or_path: using the offline micro backbone (a small pixel-space UNet trained "
-            "from scratch on 64x64 face crops). It is for trying iddm and measuring privacy on a CPU; its avatars "
-            "are low-resolution faces, not Stable Diffusion quality."
+            "Base model %s: iddm's small offline model of 64x64 faces. It is for trying iddm and measuring privacy on "
+            "a CPU; its avatars are low-resolution faces, not Stable Diffusion quality. Pass "
+            "--pretrained_model_name_or_path for Stable Diffusion.",
+            config.pretrained_model_name_or_path,
         )
     result = personalize(config)
     print(
@@ -81,6 +83,7 @@ def _cmd_tiny_sd(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from iddm.diffusion.generate import GenerateConfig
     from iddm.evaluate.cli import add_commands as add_evaluation_commands
+    from iddm.prior.cli import add_commands as add_prior_commands
     from iddm.schedule import PersonalizeConfig
 
     parser = ArgumentParser(prog="iddm", description=__doc__.split("\n\n")[0])
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_cmd_tiny_sd)
 
     add_evaluation_commands(commands)
+    add_prior_commands(commands)
     return parser
 
 

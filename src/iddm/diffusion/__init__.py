@@ -2,7 +2,7 @@
 
 from iddm.diffusion.backbone import INSTANCE_PROMPT, Backbone, Conditioning, MethodSettings
 from iddm.diffusion.data import TrainingPhotos, prepare_photos
-from iddm.diffusion.loading import MICRO, load_backbone
+from iddm.diffusion.loading import BUILTIN_MODELS, DEFAULT_MODEL, MICRO, load_backbone
 from iddm.diffusion.pixel import PixelBackbone
 from iddm.diffusion.sampling import sample
 from iddm.diffusion.sdxl import StableDiffusionXLBackbone
@@ -12,6 +12,8 @@ from iddm.diffusion.tiny import build_clip_tokenizer, build_tiny_sd_pipeline, sa
 __all__ = [
     "INSTANCE_PROMPT",
     "LORA_WEIGHT_NAME",
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
     "MICRO",
     "Backbone",
     "Conditioning",

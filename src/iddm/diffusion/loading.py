@@ -9,9 +9,13 @@ from pathlib import Path
 from iddm.diffusion.backbone import Backbone
 from iddm.diffusion.pixel import PIXEL_BACKBONE_FILE, PixelBackbone
 from iddm.run_layout import resolve_model_dir
+from iddm.weights import FACE_PRIOR, default_prior_path
 
 MICRO = "iddm:micro"
 """The from-scratch pixel-space micro backbone."""
+DEFAULT_MODEL = FACE_PRIOR
+"""The base model when none is given: the shipped offline face prior (a latent model in SD 1.x's shape)."""
+BUILTIN_MODELS = (FACE_PRIOR, MICRO)
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -35,7 +39,8 @@ def load_backbone(
 ) -> Backbone:
     """The backbone for ``--pretrained_model_name_or_path``.
 
-    * ``None`` or ``"iddm:micro"``: a fresh micro pixel backbone (random init from ``seed``).
+    * ``None`` or ``"iddm:face-prior"``: the shipped face prior (:func:`iddm.weights.default_prior_path`).
+    * ``"iddm:micro"``: a fresh micro pixel backbone (random init from ``seed``).
     * a folder with ``iddm_backbone.json`` (or a run folder holding one in ``model/``): that backbone.
     * a diffusers pipeline folder: the backbone registered for its ``model_index.json`` class.
     * ``org/name``: a hub id, read when online.
@@ -44,9 +49,9 @@ def load_backbone(
         FileNotFoundError: a path-like value that does not exist.
         ValueError: a folder that is no supported model, or a hub id that cannot be reached.
     """
-    if model is None or str(model) == MICRO:
+    if str(model) == MICRO:
         return PixelBackbone.from_scratch(resolution or 64, seed=seed)
-    path = resolve_model_dir(model)
+    path = default_prior_path() if model is None or str(model) == FACE_PRIOR else resolve_model_dir(model)
     if path.is_dir():
         if (path / PIXEL_BACKBONE_FILE).is_file():
             kind = json.loads((path / PIXEL_BACKBONE_FILE).read_text()).get("kind", "pixel")

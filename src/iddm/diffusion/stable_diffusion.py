@@ -107,7 +107,9 @@ class StableDiffusionBackbone(Backbone):
     def recommended(self, method: str) -> dict[str, Any]:
         values = super().recommended(method)
         values["resolution_default"] = self.resolution
-        values.update({k: v for k, v in self.model_defaults.items() if k in values})
+        defaults = self.model_defaults.get("personalization", self.model_defaults)  # iddm_prior.json's block
+        if defaults.get("method", method) == method:  # measured for one method (a LoRA rate would wreck DreamBooth)
+            values.update({k: v for k, v in defaults.items() if k in values})
         return values
 
     # -- spaces and conditioning ------------------------------------------------------------------

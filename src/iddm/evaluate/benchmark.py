@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from iddm.config import config_to_dict, field, load_yaml
+from iddm.diffusion.loading import DEFAULT_MODEL, MICRO
 from iddm.evaluate.attacker import DEFAULT_BACKENDS
 from iddm.evaluate.cells import (
     METHODS,
@@ -68,10 +69,15 @@ class BenchmarkConfig:
     )
     methods: list[Method] = field(METHODS, help="Methods to run.")
     levels: list[str] = field(["low", "medium", "high"], help="Privacy levels (presets or numbers in (0, 1]).")
-    model: str | None = field(None, help="Base model to personalize (SD folder or hub id); empty: micro backbone.")
-    max_train_steps: int = field(
-        300,
-        help="Personalization steps per run (micro backbone: ~1500 are needed for meaningful linkability).",
+    model: str = field(
+        DEFAULT_MODEL,
+        help="Base model to personalize: 'iddm:face-prior' (the shipped offline prior), 'iddm:micro' (the pixel "
+        "backbone trained from scratch), a diffusers folder or a hub id.",
+    )
+    max_train_steps: int | None = field(
+        None,
+        help="Personalization steps per run. Empty: the base model's recommendation (face prior: see its "
+        "iddm_prior.json; micro backbone: 800, but ~1500 are needed for meaningful linkability).",
         ge=1,
     )
     resolution: int | None = field(
@@ -139,7 +145,7 @@ def _check_settings(output_dir: Path, settings: dict) -> None:
 
 def cell_plan(config: BenchmarkConfig, extra: dict, output_dir: Path, torch_threads: int | None = None) -> CellPlan:
     """The :class:`CellPlan` shared by every cell of this benchmark."""
-    is_micro = config.model is None
+    is_micro = config.model == MICRO
     personalize = {
         "pretrained_model_name_or_path": config.model,
         "max_train_steps": config.max_train_steps,
@@ -256,7 +262,8 @@ def write_results(
 def _notes(config: BenchmarkConfig, headline: str, records: Sequence[CellRecord]) -> list[str]:
     pools = {m.rank1_targeted_pool for r in records for m in r.backends.values()} - {None}
     notes = [
-        f"{config.max_train_steps} personalization steps, {config.num_images} images per cell (generation seed "
+        f"{config.max_train_steps or 'recommended'} personalization steps, {config.num_images} images per cell "
+        f"(generation seed "
         f"{config.generation_seed}); attacked by {', '.join(config.backends)}; optimizer surrogates "
         f"{', '.join(config.surrogates)}.",
         "Each FR column: R1-U (nearest gallery identity is the user) / rank-last (the user is the least similar "
@@ -269,9 +276,9 @@ def _notes(config: BenchmarkConfig, headline: str, records: Sequence[CellRecord]
         "face det. = 1 - FDFR of the generations; BRISQUE: lower = better; PSNR/SSIM: training photos X+δ vs X; "
         "SSIM→vanilla: generations vs the vanilla model's with the same seeds.",
     ]
-    if config.model is None and config.max_train_steps < 1000:
+    if config.model == MICRO and (config.max_train_steps or 800) < 1000:
         notes.append(
-            f"Micro backbone at {config.max_train_steps} steps: the vanilla model does not yet reproduce the "
+            f"Micro backbone at {config.max_train_steps or 800} steps: the vanilla model does not yet reproduce the "
             "identity, so linkability differences between methods are NOT meaningful; use ~1500 steps."
         )
     return notes
@@ -297,7 +304,7 @@ def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], 
     _check_settings(output_dir, settings)
     output_dir = ensure_writable_dir(output_dir)
     atomic_write_json(output_dir / SETTINGS_FILE, settings)
-    if config.model is None and (config.prompts or config.clip_model):
+    if config.model == MICRO and (config.prompts or config.clip_model):
         logger.warning("The micro backbone is not text-conditioned: it generates from the instance prompt only.")
     return output_dir, identities, cells, extra, settings
 
@@ -339,7 +346,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[CellRecord | CellFailure]:
                 config.workers,
                 config.ray_address,
                 config.cpus_per_cell,
-                gpu_cells=config.model is not None,
+                gpu_cells=config.model != MICRO,
             )
         else:
             run_cells_sequentially(pending, identities, faces, plan)

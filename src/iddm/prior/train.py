@@ -34,8 +34,8 @@ from iddm.images import atomic_write_json, ensure_writable_dir, make_grid, save_
 from iddm.prior.config import PretrainConfig
 from iddm.prior.data import load_corpus
 from iddm.prior.defaults import personalization_defaults
-from iddm.prior.manifest import MANIFEST_FILE, PRIOR_FILE, write_manifest
 from iddm.prior.models import build_models, vae_factor
+from iddm.weights import MANIFEST_FILE, PRIOR_FILE, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from typing import Literal
 from iddm.config import field
 from iddm.decouple.privacy import PrivacyConfig
 from iddm.diffusion.backbone import INSTANCE_PROMPT
+from iddm.diffusion.loading import DEFAULT_MODEL, MICRO
 
 MethodName = Literal["lora", "dreambooth", "full"]
 CropName = Literal["aligned", "portrait"]
@@ -33,10 +34,11 @@ class PersonalizeConfig:
     output_dir: Path | None = field(
         None, help="Run folder: model/ (publishable), private/, checkpoints, validation images.", required=True
     )
-    pretrained_model_name_or_path: str | None = field(
-        None,
-        help="Base model: a local diffusers folder (SD 1.x/2.x, SDXL), a hub id when online, or 'iddm:micro' for "
-        "the offline pixel-space micro backbone. Empty: the micro backbone.",
+    pretrained_model_name_or_path: str = field(
+        DEFAULT_MODEL,
+        help="Base model: 'iddm:face-prior' (the shipped offline face prior, a latent model in SD 1.x's shape), "
+        "'iddm:micro' (a pixel-space UNet trained from scratch, for comparison), a local diffusers folder "
+        "(SD 1.x/2.x, SDXL) or a hub id when online.",
     )
     revision: str | None = field(None, help="Hub revision (branch, tag or commit) of the base model.")
     variant: str | None = field(None, help="Weights variant of the base model, e.g. 'fp16'.")
@@ -138,6 +140,6 @@ class PersonalizeConfig:
                 problems.append(f"--output_dir {self.output_dir} is the --photos folder; choose another")
             elif photos in output.parents:
                 problems.append(f"--output_dir {self.output_dir} is inside --photos {self.photos}; choose another")
-        if self.method == "full" and self.pretrained_model_name_or_path not in (None, "iddm:micro"):
+        if self.method == "full" and self.pretrained_model_name_or_path != MICRO:
             problems.append("--method full is the micro backbone's; use lora or dreambooth for a pretrained model")
         return problems

@@ -15,6 +15,7 @@ from iddm.config import config_to_dict
 from iddm.images import atomic_write_json, atomic_write_text
 from iddm.run_layout import EVALUATION_FILE, MODEL_CARD, MODEL_FILE, ModelManifest, model_dir
 from iddm.schedule.plan import StagePlan
+from iddm.weights import FACE_PRIOR
 
 PRIVATE_OPTIONS = {"photos", "output_dir", "class_data_dir", "perturbation_from", "decoy", "resume_from_checkpoint"}
 """Options that name local files: left out of anything publishable."""
@@ -32,7 +33,7 @@ attacker knows its defaults. See the project's docs/threat_model.md for the meas
 def public_model_name(value: str | None) -> str | None:
     """The base model's public name: a hub id or an ``iddm:`` name; ``None`` for a local folder (never a path)."""
     if value is None:
-        return "iddm:micro"
+        return FACE_PRIOR
     text = str(value)
     if text.startswith("iddm:"):
         return text
@@ -50,10 +51,14 @@ def _usage(manifest: ModelManifest) -> str:
     if manifest.backbone == "pixel":
         return "iddm generate --pretrained_model_name_or_path THIS_FOLDER --num_images 8 --output_dir avatars/\n"
     pipeline = "StableDiffusionXLPipeline" if manifest.backbone == "sdxl" else "StableDiffusionPipeline"
+    load = f"{pipeline}.from_pretrained({base!r})"
+    if base == FACE_PRIOR:  # shipped inside the iddm package
+        load = f"{pipeline}.from_pretrained(default_prior_path())"
+        pipeline = f"{pipeline}\nfrom iddm.weights import default_prior_path"
     if manifest.method == "lora":
         return (
             f"from diffusers import {pipeline}\n"
-            f"pipe = {pipeline}.from_pretrained({base!r})\n"
+            f"pipe = {load}\n"
             'pipe.load_lora_weights("THIS_FOLDER")\n'
             f"image = pipe({manifest.instance_prompt!r}).images[0]\n"
         )

@@ -1,4 +1,10 @@
-"""SHA-256 manifests of weight folders, and the shipped face prior's verified path."""
+"""Weights shipped with iddm, and SHA-256 manifests of weight folders.
+
+``face_prior/`` is the offline face prior (a diffusers ``StableDiffusionPipeline`` folder, ~25 MB) that
+``iddm pretrain`` trained on ``data/faces`` (credits: ``data/faces/SOURCES.md``); :func:`default_prior_path`
+returns it after checking every file against its ``SHA256SUMS``. This module sits at the bottom of the layer
+map (it imports only :mod:`iddm.images`) so that :mod:`iddm.diffusion` can load the prior by name.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from iddm.images import atomic_write_text, file_sha256
 
 MANIFEST_FILE = "SHA256SUMS"
 """One ``<sha256>  <relative path>`` line per file (``sha256sum -c SHA256SUMS`` checks it too)."""
+FACE_PRIOR = "iddm:face-prior"
+"""The shipped face prior's name for ``--pretrained_model_name_or_path`` (the default base model)."""
 PRIOR_FILE = "iddm_prior.json"
 """What personalization on the prior should default to, and how the prior was made."""
 
@@ -75,7 +83,7 @@ def default_prior_path() -> Path:
         FileNotFoundError: the folder or a file of it is missing (an install without package data).
         ValueError: a file does not match the manifest.
     """
-    folder = Path(__file__).resolve().parent.parent / "weights" / "face_prior"
+    folder = Path(__file__).resolve().parent / "face_prior"
     if not folder.is_dir():
         raise FileNotFoundError(
             f"The shipped face prior {folder} is missing (an install without package data?). Reinstall iddm or "

@@ -1,0 +1,306 @@
+"""The face prior: `iddm pretrain` on tiny configs (determinism, resume, outputs, bad input), the shipped weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from iddm.cli import main
+from iddm.config import build_config, config_from_namespace
+from iddm.prior import (
+    MANIFEST_FILE,
+    PRIOR_FILE,
+    PretrainConfig,
+    default_prior_path,
+    pretrain,
+    verify_manifest,
+    write_manifest,
+)
+from iddm.prior.cli import add_commands
+from iddm.prior.data import find_identities, is_excluded, load_corpus
+from iddm.prior.train import list_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = REPO / "data" / "faces"
+WEIGHT_FILES = (
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+)
+TINY = dict(
+    resolution=32,
+    vae_channels=[8, 16],
+    unet_channels=[16, 32],
+    unet_layers_per_block=1,
+    unet_attention_levels=[1],
+    text_hidden_size=16,
+    text_layers=1,
+    vae_steps=4,
+    unet_steps=4,
+    vae_batch_size=4,
+    unet_batch_size=4,
+    lr_warmup_steps=1,
+    checkpointing_steps=0,
+    num_sample_images=1,
+    sample_steps=2,
+    num_threads=1,
+)
+TINY_FLAGS = [
+    "--resolution", "32", "--vae_channels", "8", "16", "--unet_channels", "16", "32", "--unet_layers_per_block", "1",
+    "--unet_attention_levels", "1", "--text_hidden_size", "16", "--text_layers", "1", "--vae_batch_size", "4",
+    "--unet_batch_size", "4", "--lr_warmup_steps", "1", "--num_sample_images", "0", "--num_threads", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    """Two ORL people (grey PGM) and one pretraining LFW person (colour JPEG), two photos each."""
+    root = tmp_path_factory.mktemp("corpus")
+    for identity, names in (("orl/s1", ["1.pgm", "2.pgm"]), ("orl/s2", ["1.pgm", "2.pgm"])):
+        (root / identity).mkdir(parents=True)
+        for name in names:
+            shutil.copy(FACES / identity / name, root / identity / name)
+    (root / "lfw7" / "Ariel_Sharon").mkdir(parents=True)
+    for n in (1, 2):
+        name = f"Ariel_Sharon_000{n}.jpg"
+        shutil.copy(FACES / "lfw7" / "Ariel_Sharon" / name, root / "lfw7" / "Ariel_Sharon" / name)
+    return root
+
+
+def _config(data_dir: Path, output_dir: Path, **overrides) -> PretrainConfig:
+    return build_config(PretrainConfig, {**TINY, "data_dir": data_dir, "output_dir": output_dir, **overrides})
+
+
+def _weights(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in WEIGHT_FILES}
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(corpus_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prior") / "prior"
+    pretrain(_config(corpus_dir, out, checkpointing_steps=2, keep_checkpoints=True, checkpoints_total_limit=None))
+    return out
+
+
+# -- the repository's corpus ----------------------------------------------------------------------------
+
+
+def test_repository_corpus_and_held_out_people():
+    identities = find_identities(FACES)
+    lfw = sorted(name for name in identities if name.startswith("lfw7/"))
+    assert len(lfw) == 7 and all(len(identities[name]) == 50 for name in lfw)
+    assert sum(name.startswith("orl/") for name in identities) == 40
+    held_out = [name for name in identities if is_excluded(name, PretrainConfig().exclude)]
+    assert held_out == ["lfw7/Gerhard_Schroeder", "lfw7/Hugo_Chavez", "lfw7/Tony_Blair"]
+    for person in ("Gerhard_Schroeder", "Hugo_Chavez", "Tony_Blair"):
+        assert person in (FACES / "SOURCES.md").read_text()
+
+
+# -- outputs, determinism, resume ----------------------------------------------------------------------
+
+
+def test_tiny_prior_is_a_plain_diffusers_pipeline_that_generates(tiny_prior):
+    for name in ("model_index.json", PRIOR_FILE, MANIFEST_FILE, "samples.png", "tokenizer/tokenizer.json"):
+        assert (tiny_prior / name).is_file(), name
+    verify_manifest(tiny_prior)
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_prior, local_files_only=True)
+    assert {pipeline.unet.dtype, pipeline.vae.dtype, pipeline.text_encoder.dtype} == {torch.float32}
+    assert pipeline.tokenizer("a photo of").input_ids == [49406, 320, 1125, 539, 49407]
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        "a photo of a person", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+    info = json.loads((tiny_prior / PRIOR_FILE).read_text())
+    assert info["personalization"]["crop"] == "aligned" and info["personalization"]["margin"] == 0.25
+    assert info["corpus"]["identities"] == 3 and info["corpus"]["gray_photos"] == 4
+    assert info["corpus"]["color_photos"] == 2 and info["corpus"]["face_detection_rate"] == 1.0
+    assert info["latent_shape"] == [4, 16, 16]
+
+
+def test_same_seed_same_weights_and_seed_matters(corpus_dir, tiny_prior, tmp_path):
+    pretrain(_config(corpus_dir, tmp_path / "again", checkpointing_steps=2, keep_checkpoints=True))
+    assert _weights(tmp_path / "again") == _weights(tiny_prior)
+    pretrain(_config(corpus_dir, tmp_path / "other", seed=1, num_sample_images=0))
+    other = _weights(tmp_path / "other")
+    assert all(other[name] != data for name, data in _weights(tiny_prior).items())
+
+
+@pytest.mark.parametrize("checkpoint", ["checkpoint-2", "checkpoint-6"])  # autoencoder stage, UNet stage
+def test_resume_from_either_stage_equals_uninterrupted(corpus_dir, tiny_prior, tmp_path, checkpoint):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(tiny_prior / checkpoint, out / checkpoint)
+    pretrain(_config(corpus_dir, out, checkpointing_steps=2, resume_from_checkpoint="latest"))
+    assert _weights(out) == _weights(tiny_prior)
+    assert not list_checkpoints(out)  # removed after a finished run unless --keep_checkpoints
+
+
+@pytest.mark.slow
+def test_sigkill_halfway_then_resume_equals_uninterrupted(corpus_dir, tmp_path):
+    flags = [*TINY_FLAGS, "--data_dir", str(corpus_dir), "--vae_steps", "30", "--unet_steps", "30"]
+    flags += ["--checkpointing_steps", "10"]
+    reference = tmp_path / "reference"
+    assert main(["pretrain", *flags, "--output_dir", str(reference)]) == 0
+    command = [sys.executable, "-m", "iddm.cli", "pretrain", *flags]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*command, "--output_dir", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoint-30").is_dir() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (killed / "checkpoint-30").is_dir(), "the run never reached its checkpoint"
+    assert not (killed / MANIFEST_FILE).exists(), "the run finished before it could be killed"
+    assert main(["pretrain", *flags, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"]) == 0
+    assert _weights(killed) == _weights(reference)
+
+
+def test_finished_output_is_refused_unless_overwrite(corpus_dir, tiny_prior, capsys):
+    assert main(["pretrain", *TINY_FLAGS, "--data_dir", str(corpus_dir), "--output_dir", str(tiny_prior)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a finished prior" in err and "--overwrite" in err and len(err.splitlines()) == 1, err
+
+
+# -- the manifest ----------------------------------------------------------------------------------------
+
+
+def test_manifest_refuses_a_modified_missing_or_unlisted_file(tiny_prior, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_prior, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+    verify_manifest(folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"SHA-256 mismatch for \['unet/diffusion_pytorch_model.safetensors'\]"):
+        verify_manifest(folder)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        verify_manifest(folder)
+    write_manifest(folder)
+    (folder / "extra.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"not in SHA256SUMS: \['extra.bin'\]"):
+        verify_manifest(folder)
+    (folder / MANIFEST_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="no SHA256SUMS"):
+        verify_manifest(folder)
+
+
+def test_shipped_prior_verifies_loads_offline_and_generates():
+    path = default_prior_path()
+    info = json.loads((path / PRIOR_FILE).read_text())
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert total <= 26 * 2**20, f"shipped prior is {total / 2**20:.1f} MiB"
+    assert info["personalization"]["crop"] == "aligned"
+    assert set(info["corpus"]["held_out_identities"]) == {
+        "lfw7/Gerhard_Schroeder",
+        "lfw7/Hugo_Chavez",
+        "lfw7/Tony_Blair",
+    }
+    pipeline = StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    image = pipeline(
+        "a photo of a person", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert image.shape == (1, info["personalization"]["resolution"], info["personalization"]["resolution"], 3)
+
+
+# -- the command and bad input ---------------------------------------------------------------------------
+
+
+def test_add_commands_on_a_fresh_parser_and_yaml(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    config_file = tmp_path / "prior.yaml"
+    config_file.write_text("unet_steps: 7\nvae_learning_rate: 2e-4\nexclude: [Tony_Blair]\n")
+    args = parser.parse_args(["pretrain", "--config", str(config_file), "--output_dir", "x", "--unet_steps", "9"])
+    config = config_from_namespace(PretrainConfig, args)
+    assert (config.unet_steps, config.vae_learning_rate, config.exclude) == (9, 2e-4, ["Tony_Blair"])
+    assert config.output_dir == Path("x") and args.func.__name__ == "_cmd_pretrain"
+    help_text = parser._subparsers._group_actions[0].choices["pretrain"].format_help()
+    for name in PretrainConfig.__dataclass_fields__:
+        assert f"--{name}" in help_text
+
+
+def _pretrain_error(data_dir: Path, tmp_path: Path, capsys, *extra: str) -> str:
+    code = main(["pretrain", *TINY_FLAGS, "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "o"), *extra])
+    # Progress bars (erased on a terminal) come before the one error line.
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    assert code == 2, err
+    assert err[-1].startswith("iddm pretrain: error: ") and not any("Traceback" in line for line in err), err
+    return err[-1]
+
+
+def test_folder_without_faces_is_one_clear_error(tmp_path, capsys):
+    for person in ("a", "b"):
+        (tmp_path / "faces" / person).mkdir(parents=True)
+        for n in range(2):
+            Image.fromarray(np.full((80, 80, 3), 40 * n + 60, np.uint8)).save(tmp_path / "faces" / person / f"{n}.png")
+    err = _pretrain_error(tmp_path / "faces", tmp_path, capsys)
+    assert "none of 4 photo(s) has a usable face" in err
+    (tmp_path / "empty").mkdir()
+    assert "no photo files" in _pretrain_error(tmp_path / "empty", tmp_path, capsys)
+    assert "does not exist" in _pretrain_error(tmp_path / "missing", tmp_path, capsys)
+
+
+def test_one_identity_only_is_refused(corpus_dir, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    shutil.copytree(corpus_dir / "orl" / "s1", flat)
+    err = _pretrain_error(flat, tmp_path, capsys)
+    assert "1 identity with usable photos, at least 2 needed" in err
+    err = _pretrain_error(corpus_dir, tmp_path, capsys, "--exclude", "s1", "s2", "Ariel_Sharon")
+    assert "every identity is excluded" in err
+
+
+def test_grey_and_colour_mixed_in_one_identity_are_captioned_per_photo(corpus_dir, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(corpus_dir, mixed)
+    # A colour JPEG saved as 3-channel grey, and a PGM in the colour person's folder.
+    colour = mixed / "lfw7" / "Ariel_Sharon" / "Ariel_Sharon_0001.jpg"
+    Image.open(colour).convert("L").convert("RGB").save(mixed / "lfw7" / "Ariel_Sharon" / "grey_rgb.jpg", quality=95)
+    shutil.copy(corpus_dir / "orl" / "s1" / "1.pgm", mixed / "lfw7" / "Ariel_Sharon" / "orl.pgm")
+    corpus = load_corpus(mixed, [], 32, 0.25)
+    gray = dict(zip((p.name for p in corpus.paths), corpus.gray.tolist()))
+    assert gray["grey_rgb.jpg"] and gray["orl.pgm"] and gray["1.pgm"]
+    assert not gray["Ariel_Sharon_0001.jpg"] and not gray["Ariel_Sharon_0002.jpg"]
+    images, flags = corpus.training_tensors()
+    assert images.shape == (2 * len(corpus), 3, 32, 32) and flags.tolist() == np.repeat(corpus.gray, 2).tolist()
+    assert torch.equal(images[1], images[0].flip(-1))
+
+
+def test_corrupt_file_is_skipped_and_listed_or_refused(corpus_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    (data / "orl" / "s1" / "3.pgm").write_bytes(b"P5\n92 112\n255\n" + b"\x00" * 100)  # truncated
+    out = tmp_path / "run"
+    result = pretrain(_config(data, out, vae_steps=1, unet_steps=1, num_sample_images=0))
+    assert result.corpus["photos_skipped"] == 1 and "3.pgm" in result.corpus["skipped"][0]
+    assert json.loads((out / PRIOR_FILE).read_text())["corpus"]["photos_skipped"] == 1
+    err = _pretrain_error(data, tmp_path, capsys, "--no-skip_bad_photos")
+    assert "1 photo(s)" in err and "3.pgm" in err and "corrupt" in err
+
+
+def test_fp16_on_cpu_and_bad_architecture_are_clear_errors(corpus_dir, tmp_path, capsys):
+    assert "needs a CUDA GPU" in _pretrain_error(corpus_dir, tmp_path, capsys, "--mixed_precision", "fp16", "--cpu")
+    err = _pretrain_error(corpus_dir, tmp_path, capsys, "--unet_attention_levels", "5")
+    assert "out of range" in err
