@@ -67,7 +67,9 @@ class BenchmarkConfig:
     output_dir: Path | None = field(
         None, help="Where cells/, results.*, privacy_utility.png and report.html go.", required=True
     )
-    methods: list[Method] = field(METHODS, help="Methods to run.")
+    methods: list[Method] = field(
+        METHODS, help="Methods to run; also 'iddm-unbounded' (IDDM with the unbounded identity loss, an ablation)."
+    )
     levels: list[str] = field(["low", "medium", "high"], help="Privacy levels (presets or numbers in (0, 1]).")
     model: str = field(
         DEFAULT_MODEL,

@@ -42,8 +42,13 @@ METHODS = ["vanilla", "iddm", "noise", "cloak", "aspl"]
 """``vanilla``: no defense (privacy off, one cell per identity). ``iddm``: alternating identity
 decoupling. ``noise``: uniform ±ε (control). ``cloak``: one-shot FR cloak, then ordinary training.
 ``aspl``: an Anti-DreamBooth-style perturbation made by a ``defense='aspl'`` run, then ordinary
-personalization on those frozen photos (``perturbation_from``)."""
-Method = Literal["vanilla", "iddm", "noise", "cloak", "aspl"]
+personalization on those frozen photos (``perturbation_from``). Not run by default:
+``iddm-unbounded``: IDDM with the unbounded identity loss (push the cosine as low as it goes), the
+over-decoupling ablation of the calibrated default."""
+EXTRA_METHODS = ["iddm-unbounded"]
+Method = Literal["vanilla", "iddm", "noise", "cloak", "aspl", "iddm-unbounded"]
+METHOD_OPTIONS = {"iddm-unbounded": {"defense": "iddm", "identity_loss": "unbounded"}}
+"""Personalization options of methods that are not a defense of their own name."""
 CELL_FILE = "cell.json"
 ERROR_FILE = "error.json"
 PROBES_FILE = "probes.npz"
@@ -79,9 +84,9 @@ def plan_cells(identities: Sequence[Identity], methods: Sequence[str], levels: S
     """Every (identity, method, level) to run: vanilla once per identity (level ``off``), the others per level."""
     from iddm.decouple.privacy import parse_level
 
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(METHODS) - set(EXTRA_METHODS))
     if unknown:
-        raise ValueError(f"Unknown --methods {unknown}; choose from {METHODS}.")
+        raise ValueError(f"Unknown --methods {unknown}; choose from {METHODS + EXTRA_METHODS}.")
     for level in levels:
         if parse_level(level)[0] == 0:
             raise ValueError(f"--levels {level!r} is privacy off: that is the 'vanilla' method.")
@@ -188,7 +193,8 @@ def train_cell(cell: Cell, plan: CellPlan, photos: Path, folder: Path) -> tuple[
         seconds = _personalize({**base, "output_dir": perturbation, "privacy": cell.level, "defense": "aspl"})
         seconds += _personalize({**base, "output_dir": run_dir, "privacy": "off", "perturbation_from": perturbation})
         return run_dir, seconds
-    return run_dir, _personalize({**base, "output_dir": run_dir, "privacy": cell.level, "defense": cell.method})
+    options = METHOD_OPTIONS.get(cell.method, {"defense": cell.method})
+    return run_dir, _personalize({**base, "output_dir": run_dir, "privacy": cell.level, **options})
 
 
 def _load_generations(folder: Path) -> list[np.ndarray] | None:
