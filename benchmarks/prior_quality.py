@@ -1,6 +1,6 @@
 """Quality of the face prior: a grid of samples, their face detection rate, and the autoencoder on held-out faces.
 
-    python benchmarks/prior_quality.py [--prior DIR] [--num_samples 64] [--grid docs/prior_samples.png]
+    python benchmarks/prior_quality.py [--prior DIR] [--num_samples 64] [--grid docs/images/prior_samples.png]
 
 * Samples: ``--num_samples`` images through plain diffusers (``StableDiffusionPipeline``), sample ``i`` with seed
   ``i`` and the colour caption for even ``i``, the black-and-white caption for odd ``i``; face detection rate

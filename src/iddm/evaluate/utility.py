@@ -28,34 +28,40 @@ def brisque_mean(images: Sequence[np.ndarray]) -> tuple[float | None, str | None
     return float(np.nanmean(scores)), None
 
 
-def perturbation_quality(run_dir: str | Path) -> PerturbationQuality:
-    """Imperceptibility of the run's training perturbation: ``private/decoupled_photos/`` vs the clean crops.
+def perturbation_pairs(run_dir: str | Path) -> tuple[list[tuple[np.ndarray, np.ndarray]], str | None]:
+    """``(clean crop, decoupled photo)`` uint8 ``(R, R, 3)`` pairs of a run, or ``([], why not)``.
 
     The clean crops are made again from the run's photo folder with :func:`iddm.diffusion.prepare_photos`
     at the run's resolution and crop mode, i.e. exactly the images the perturbation was added to.
-    PSNR is the mean per photo (``None`` when identical), ``linf_255`` the largest change in 0..255 units.
     """
     from iddm.diffusion import prepare_photos
 
     decoupled_dir = private_dir(run_dir) / DECOUPLED_DIR
     if not decoupled_dir.is_dir():
-        return PerturbationQuality(note="the run trained on unperturbed photos (no decoupled photos)")
+        return [], "the run trained on unperturbed photos (no decoupled photos)"
     run = RunManifest.load(run_dir)
     photos_dir = Path(run.photos)
     if not photos_dir.is_dir():
-        return PerturbationQuality(
-            note=f"the run's photo folder {photos_dir} is gone: cannot compare with the clean crops"
-        )
+        return [], f"the run's photo folder {photos_dir} is gone: cannot compare with the clean crops"
     perturbed = {p.stem: load_photo(p) for p in sorted(decoupled_dir.glob("*.png"))}
     if not perturbed:
-        return PerturbationQuality(note="decoupled_photos/ is empty")
+        return [], "decoupled_photos/ is empty"
     resolution = next(iter(perturbed.values())).shape[0]
     clean = prepare_photos(photos_dir, resolution, crop=run.crop, min_photos=1, skip_bad_photos=True)
     pairs = [
         (image, perturbed[path.stem]) for path, image in zip(clean.paths, clean.as_uint8()) if path.stem in perturbed
     ]
+    return pairs, None if pairs else f"no decoupled photo matches a photo of {photos_dir}"
+
+
+def perturbation_quality(run_dir: str | Path) -> PerturbationQuality:
+    """Imperceptibility of the run's training perturbation: ``private/decoupled_photos/`` vs the clean crops.
+
+    PSNR is the mean per photo (``None`` when identical), ``linf_255`` the largest change in 0..255 units.
+    """
+    pairs, note = perturbation_pairs(run_dir)
     if not pairs:
-        return PerturbationQuality(note=f"no decoupled photo matches a photo of {photos_dir}")
+        return PerturbationQuality(note=note)
     psnr, mean_ssim = mean_psnr_ssim([a for a, _ in pairs], [b for _, b in pairs])
     linf = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in pairs)
     note = "the decoupled photos equal the clean crops (delta = 0)" if linf == 0 else None

@@ -46,8 +46,8 @@ class PretrainConfig:
     )
     vae_layers_per_block: int = field(1, help="ResNet layers per VAE block (the decoder has one more).")
     latent_channels: int = field(4, help="Latent channels (4, as Stable Diffusion).")
-    unet_channels: list[int] = field([64, 128, 192], help="UNet block widths on the latent grid.")
-    unet_layers_per_block: int = field(2, help="ResNet layers per UNet block.")
+    unet_channels: list[int] = field([64, 128, 128], help="UNet block widths on the latent grid.")
+    unet_layers_per_block: int = field(1, help="ResNet layers per UNet block.")
     unet_attention_levels: list[int] = field(
         [1, 2], help="UNet levels (0 = full latent resolution) with self- and cross-attention blocks."
     )
@@ -55,13 +55,13 @@ class PretrainConfig:
     text_hidden_size: int = field(32, help="Width of the frozen random CLIP text encoder (= UNet cross-attention).")
     text_layers: int = field(2, help="Transformer layers of the frozen random CLIP text encoder.")
     # -- autoencoder stage --------------------------------------------------------------------------
-    vae_steps: int = field(1500, help="Autoencoder training steps.")
+    vae_steps: int = field(1200, help="Autoencoder training steps.")
     vae_batch_size: int = field(16, help="Images per autoencoder step.")
     vae_learning_rate: float = field(1e-3, help="AdamW learning rate of the autoencoder (cosine decay).")
     vae_kl_weight: float = field(1e-6, help="Weight of the KL term of the autoencoder loss (SD uses 1e-6).")
     vae_mse_weight: float = field(1.0, help="Weight of the MSE term beside the L1 reconstruction term.")
     # -- diffusion stage ----------------------------------------------------------------------------
-    unet_steps: int = field(6000, help="UNet training steps on the frozen autoencoder's latents.")
+    unet_steps: int = field(4000, help="UNet training steps on the frozen autoencoder's latents.")
     unet_batch_size: int = field(32, help="Latents per UNet step.")
     unet_learning_rate: float = field(1e-3, help="AdamW learning rate of the UNet (cosine decay).")
     ema_decay: float = field(0.999, help="Decay of the UNet's exponential moving average (the shipped weights).")
@@ -76,7 +76,11 @@ class PretrainConfig:
         choices=["no", "fp16", "bf16"],
     )
     cpu: bool = field(False, help="Train on the CPU even when a GPU is available.")
-    num_threads: int | None = field(None, help="torch CPU threads (default: torch's choice).")
+    num_threads: int | None = field(
+        1,
+        help="torch CPU threads. 1 (the shipped prior's) gives the same weights on any machine; more run faster but "
+        "change the last bits of floats. Empty: torch's choice.",
+    )
     seed: int = field(
         0,
         help="Seed of model init, batches, caption dropout, noise and timesteps: same seed, same weights (on the same "
