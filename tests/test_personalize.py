@@ -163,6 +163,8 @@ def test_sigkill_halfway_then_resume_equals_uninterrupted(train_dir, tmp_path):
     args = [
         "--photos",
         str(train_dir),
+        "--pretrained_model_name_or_path",
+        "iddm:micro",
         "--resolution",
         "32",
         "--max_train_steps",

@@ -50,7 +50,9 @@ class PrivacyConfig:
     )
     step_size: float | None = field(None, help="Signed-gradient step on the perturbation (default epsilon/8).", gt=0)
     data_steps: int | None = field(None, help="M: data steps on the perturbation per Stage-1 round.", ge=0)
-    round_steps: int | None = field(None, help="K: personalization steps per Stage-1 round.", ge=1)
+    round_steps: int | None = field(
+        None, help="K: personalization steps per Stage-1 round. Empty: the base model's recommendation (SD: 50).", ge=1
+    )
     stage1_fraction: float | None = field(
         None, help="Fraction of max_train_steps spent in Stage 1 (decoupling).", ge=0, le=1
     )

@@ -111,6 +111,9 @@ class Backbone(ABC):
             "guidance_scale": 7.5,
             "lora_rank": 4,
             "lora_target_modules": ["to_k", "to_q", "to_v", "to_out.0"],
+            # IDDM's K: at SD scale a data step costs about 2 personalization steps (H200, benchmarks/), so rounds
+            # of 50 keep the data steps near a fifth of the time. Models where FR dominates a data step want more.
+            "round_steps": 50,
         }
 
     def check_method(self, method: str) -> str:

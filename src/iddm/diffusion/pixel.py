@@ -79,6 +79,7 @@ class PixelBackbone(Backbone):
             "guidance_scale": 1.0,
             "lora_rank": 4,
             "lora_target_modules": ["to_k", "to_q", "to_v", "to_out.0"],
+            "round_steps": 50,
         }
 
     def check_method(self, method: str) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from iddm.config import config_to_dict, field, load_yaml
-from iddm.diffusion.loading import DEFAULT_MODEL, MICRO
+from iddm.diffusion.loading import BUILTIN_MODELS, DEFAULT_MODEL, MICRO
 from iddm.evaluate.attacker import DEFAULT_BACKENDS
 from iddm.evaluate.cells import (
     METHODS,
@@ -79,7 +79,7 @@ class BenchmarkConfig:
     max_train_steps: int | None = field(
         None,
         help="Personalization steps per run. Empty: the base model's recommendation (face prior: see its "
-        "iddm_prior.json; micro backbone: 800, but ~1500 are needed for meaningful linkability).",
+        "iddm_prior.json; micro backbone: 1500, the fewest for meaningful linkability).",
         ge=1,
     )
     resolution: int | None = field(
@@ -88,7 +88,9 @@ class BenchmarkConfig:
     surrogates: list[str] = field(["sface", "facenet"], help="FR surrogates of the optimizer (white-box systems).")
     backends: list[str] = field(DEFAULT_BACKENDS, help="FR systems of the attacker.")
     num_images: int = field(8, help="Images generated per cell.", ge=1, le=100_000)
-    prompts: list[str] = field([], help="Prompts added to the 3 standard ones (ignored by the micro backbone).")
+    prompts: list[str] = field(
+        [], help="Prompts added to the 3 standard ones (iddm:face-prior and iddm:micro use the instance prompt only)."
+    )
     seed: int = field(0, help="Personalization seed, shared by every cell.", ge=0)
     generation_seed: int = field(1000, help="Generation seed, shared by every cell (image i uses seed + i).", ge=0)
     num_inference_steps: int = field(25, help="DDIM steps for generation and validation grids.", ge=1, le=1000)
@@ -147,7 +149,7 @@ def _check_settings(output_dir: Path, settings: dict) -> None:
 
 def cell_plan(config: BenchmarkConfig, extra: dict, output_dir: Path, torch_threads: int | None = None) -> CellPlan:
     """The :class:`CellPlan` shared by every cell of this benchmark."""
-    is_micro = config.model == MICRO
+    one_prompt = config.model in BUILTIN_MODELS  # neither knows words beyond its captions and the instance prompt
     personalize = {
         "pretrained_model_name_or_path": config.model,
         "max_train_steps": config.max_train_steps,
@@ -164,7 +166,7 @@ def cell_plan(config: BenchmarkConfig, extra: dict, output_dir: Path, torch_thre
     return CellPlan(
         output_dir=output_dir,
         personalize=personalize,
-        prompts=tuple(DEFAULT_PROMPTS[:1] if is_micro else [*DEFAULT_PROMPTS, *config.prompts]),
+        prompts=tuple(DEFAULT_PROMPTS[:1] if one_prompt else [*DEFAULT_PROMPTS, *config.prompts]),
         backends=tuple(k.strip().lower() for k in config.backends),
         num_images=config.num_images,
         generation_seed=config.generation_seed,
@@ -278,9 +280,9 @@ def _notes(config: BenchmarkConfig, headline: str, records: Sequence[CellRecord]
         "face det. = 1 - FDFR of the generations; BRISQUE: lower = better; PSNR/SSIM: training photos X+δ vs X; "
         "SSIM→vanilla: generations vs the vanilla model's with the same seeds.",
     ]
-    if config.model == MICRO and (config.max_train_steps or 800) < 1000:
+    if config.model == MICRO and (config.max_train_steps or 1500) < 1000:
         notes.append(
-            f"Micro backbone at {config.max_train_steps or 800} steps: the vanilla model does not yet reproduce the "
+            f"Micro backbone at {config.max_train_steps} steps: the vanilla model does not yet reproduce the "
             "identity, so linkability differences between methods are NOT meaningful; use ~1500 steps."
         )
     return notes
@@ -306,8 +308,8 @@ def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], 
     _check_settings(output_dir, settings)
     output_dir = ensure_writable_dir(output_dir)
     atomic_write_json(output_dir / SETTINGS_FILE, settings)
-    if config.model == MICRO and (config.prompts or config.clip_model):
-        logger.warning("The micro backbone is not text-conditioned: it generates from the instance prompt only.")
+    if config.model in BUILTIN_MODELS and (config.prompts or config.clip_model):
+        logger.warning("%s knows no prompt but the instance prompt: it generates from that one only.", config.model)
     return output_dir, identities, cells, extra, settings
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from iddm.config import config_to_dict
+from iddm.diffusion.accelerator import fresh_accelerator
 from iddm.diffusion.tiny import assemble_sd_pipeline, build_clip_tokenizer
 from iddm.images import atomic_write_json, ensure_writable_dir, make_grid, save_png
 from iddm.prior.config import PretrainConfig
@@ -186,7 +186,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     output_dir = _check_config(config)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
+    accelerator = fresh_accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
     device = accelerator.device
     logger.info(
         "Pretraining on %s (mixed precision %s, %d torch threads).",

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import is_tensorboard_available, is_wandb_available
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -28,6 +26,7 @@ from tqdm.auto import tqdm
 from iddm.config import ConfigError
 from iddm.decouple import DataOptimizer, PrivacySettings, build_data_optimizer, resolve_privacy
 from iddm.diffusion import Backbone, Conditioning, MethodSettings, TrainingPhotos, load_backbone, prepare_photos
+from iddm.diffusion.accelerator import fresh_accelerator
 from iddm.diffusion.data import check_single_identity
 from iddm.images import check_writable_location, ensure_writable_dir
 from iddm.run_layout import DELTA_FILE, PRIVATE_DIR, RUN_FILE, is_run_dir
@@ -73,6 +72,8 @@ def resolve_options(config: PersonalizeConfig, backbone: Backbone) -> Personaliz
     values = {name: recommended[name] for name in RECOMMENDED_OPTIONS if getattr(config, name) is None}
     if config.lora_target_modules is None:
         values["lora_target_modules"] = list(recommended["lora_target_modules"])
+    if config.privacy_config.round_steps is None:
+        values["privacy_config"] = dataclasses.replace(config.privacy_config, round_steps=recommended["round_steps"])
     resolved = dataclasses.replace(config, method=method, **values)
     if config.with_prior_preservation and not backbone.supports_prior_preservation:
         raise ConfigError(
@@ -101,13 +102,10 @@ class Trainer:
             config.pretrained_model_name_or_path, config.resolution, config.seed, config.revision, config.variant
         )
         self.config = config = resolve_options(config, self.backbone)
+        self.privacy = resolve_privacy(config.privacy_config)  # again, with the model's round length
         self.photos = _load_photos(config, self.backbone)
         check_single_identity(self.photos, allow=config.allow_mixed_identities)
-        # accelerate keeps process-wide singletons; a process that runs several trainings (a benchmark, tests)
-        # may change precision or accumulation between them. The distributed state itself is kept.
-        AcceleratorState._reset_state()
-        GradientState._reset_state()
-        self.accelerator = Accelerator(
+        self.accelerator = fresh_accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=None if config.report_to == "none" else config.report_to,
