@@ -149,6 +149,17 @@ def test_resume_from_either_stage_equals_uninterrupted(corpus_dir, tiny_prior, t
     assert not list_checkpoints(out)  # removed after a finished run unless --keep_checkpoints
 
 
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(corpus_dir, tiny_prior, tmp_path, caplog):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    for name in ("checkpoint-4", "checkpoint-6"):
+        shutil.copytree(tiny_prior / name, out / name)
+    (out / "checkpoint-6" / "unet.safetensors").write_bytes(b"truncated")
+    pretrain(_config(corpus_dir, out, checkpointing_steps=2, resume_from_checkpoint="latest"))
+    assert "Skipping checkpoint-6" in caplog.text
+    assert _weights(out) == _weights(tiny_prior)
+
+
 @pytest.mark.slow
 def test_sigkill_halfway_then_resume_equals_uninterrupted(corpus_dir, tmp_path):
     flags = [*TINY_FLAGS, "--data_dir", str(corpus_dir), "--vae_steps", "30", "--unet_steps", "30"]

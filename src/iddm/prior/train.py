@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from iddm.checkpoints import list_checkpoints, resolve_checkpoint, write_checkpoint
 from iddm.config import config_to_dict
 from iddm.diffusion.accelerator import fresh_accelerator
 from iddm.diffusion.tiny import assemble_sd_pipeline, build_clip_tokenizer
@@ -38,8 +38,6 @@ from iddm.prior.models import build_models, vae_factor
 from iddm.weights import MANIFEST_FILE, PRIOR_FILE, write_manifest
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -60,47 +58,20 @@ class PretrainResult:
 # ----------------------------------------------------------------------------------------------------
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Finished ``checkpoint-N`` folders of ``output_dir``, oldest first."""
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
-
-
-def resolve_checkpoint(output_dir: Path, value: str | None) -> Path | None:
-    """``None`` -> ``None``; ``"latest"`` -> the newest checkpoint or ``None``; a name or path -> that folder."""
-    if value is None:
-        return None
-    if value == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(value) if Path(value).is_absolute() else output_dir / value
-    if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"{path} is not an iddm pretrain checkpoint (no state.json). Use 'latest'.")
-    return path
-
-
 def _save_checkpoint(output_dir: Path, step: int, state: dict, total_limit: int | None) -> Path:
-    """Write ``checkpoint-{step}`` through a temporary folder (a kill never leaves half a checkpoint)."""
-    final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in state["modules"].items():
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors"
-        )
-    save_file({k: v.detach().cpu().contiguous() for k, v in state["ema"].items()}, tmp / "ema.safetensors")
-    save_file({"generator": state["generator"].get_state()}, tmp / "rng.safetensors")
-    for name, obj in state["optimizers"].items():
-        torch.save(obj.state_dict(), tmp / f"{name}.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state["info"]}, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    if total_limit is not None and total_limit > 0:
-        for old in list_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    """Write ``checkpoint-{step}``: modules, EMA, generator and optimizer states, and ``state.json``."""
+
+    def write(folder: Path) -> None:
+        for name, module in state["modules"].items():
+            tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            save_file(tensors, folder / f"{name}.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in state["ema"].items()}, folder / "ema.safetensors")
+        save_file({"generator": state["generator"].get_state()}, folder / "rng.safetensors")
+        for name, obj in state["optimizers"].items():
+            torch.save(obj.state_dict(), folder / f"{name}.pt")
+        (folder / "state.json").write_text(json.dumps({"step": step, **state["info"]}, indent=2) + "\n")
+
+    return write_checkpoint(output_dir, step, write, total_limit)
 
 
 def _load_checkpoint(path: Path, state: dict) -> dict:

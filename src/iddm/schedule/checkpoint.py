@@ -5,17 +5,12 @@ A checkpoint holds exactly what is needed to continue bit for bit: the trainable
 ``weights_only=True``), the random generators' states and IDDM's photo perturbation δ (safetensors),
 the step, and — for LoRA runs — a ``pytorch_lora_weights.safetensors`` that diffusers loads as is.
 
-It is written to a temporary folder and renamed, and ``manifest.json`` (size and SHA-256 of every
-file) is written last: ``latest`` takes the newest checkpoint whose files match their manifest and
-falls back, with a warning, past any that were truncated or corrupted.
+Writing, verifying and resolving the folders themselves is :mod:`iddm.checkpoints`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,68 +19,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from iddm.images import atomic_write_json, atomic_write_safetensors, file_sha256, normalize_permissions
+from iddm.checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    resolve_checkpoint,
+    verify_checkpoint,
+    write_checkpoint,
+)
+from iddm.images import atomic_write_json, atomic_write_safetensors
 
-logger = logging.getLogger(__name__)
-
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-MANIFEST = "manifest.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from (incomplete, corrupt or from another configuration)."""
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoint folders of ``output_dir``, oldest first."""
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
-
-
-def verify_checkpoint(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless every file of ``path`` matches its manifest."""
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        raise CheckpointError(f"{path} is incomplete (no {MANIFEST}: the run stopped while saving it)")
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{path}/{MANIFEST} is corrupt") from None
-    for name, entry in files.items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != entry["size"] or file_sha256(file) != entry["sha256"]:
-            raise CheckpointError(f"{file} is missing or corrupt (size or SHA-256 differs from {MANIFEST})")
-
-
-def resolve_checkpoint(output_dir: Path, value: str | None) -> Path | None:
-    """``None`` -> ``None``; ``"latest"`` -> the newest verified checkpoint (or ``None``); a name or path -> it.
-
-    Raises:
-        CheckpointError: a named checkpoint that does not verify; or checkpoints exist but none verifies.
-    """
-    if value is None:
-        return None
-    if value == "latest":
-        found = list_checkpoints(output_dir)
-        for path in reversed(found):
-            try:
-                verify_checkpoint(path)
-            except CheckpointError as err:
-                logger.warning("Skipping %s: %s. Falling back to an older checkpoint.", path.name, err)
-                continue
-            return path
-        if found:
-            raise CheckpointError(f"No usable checkpoint in {output_dir}: every one is incomplete or corrupt")
-        return None
-    path = Path(value)
-    if not path.is_absolute():
-        path = output_dir / path
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a checkpoint folder; use 'latest' or checkpoint-N")
-    verify_checkpoint(path)
-    return path
+__all__ = [
+    "CheckpointError",
+    "list_checkpoints",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "verify_checkpoint",
+]
 
 
 def _trainable_state(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -108,34 +58,21 @@ def save_checkpoint(
     total_limit: int | None,
     extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``output_dir/checkpoint-{step}`` atomically and prune old ones beyond ``total_limit``.
+    """Write ``output_dir/checkpoint-{step}`` (see :func:`iddm.checkpoints.write_checkpoint`).
 
     ``extra(folder)`` may write further files (e.g. loadable LoRA weights); they are covered by the manifest.
     """
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    atomic_write_safetensors(tmp / "trainable.safetensors", _trainable_state(modules))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-    atomic_write_safetensors(tmp / "state.safetensors", tensors)
-    atomic_write_json(tmp / "state.json", {"step": step, **info})
-    if extra is not None:
-        extra(tmp)
-    files = {
-        str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
-        for p in sorted(tmp.rglob("*"))
-        if p.is_file()
-    }
-    atomic_write_json(tmp / MANIFEST, {"step": step, "files": files})
-    normalize_permissions(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    if total_limit is not None and total_limit > 0:
-        for old in list_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    def write(folder: Path) -> None:
+        atomic_write_safetensors(folder / "trainable.safetensors", _trainable_state(modules))
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), folder / "lr_scheduler.pt")
+        atomic_write_safetensors(folder / "state.safetensors", tensors)
+        atomic_write_json(folder / "state.json", {"step": step, **info})
+        if extra is not None:
+            extra(folder)
+
+    return write_checkpoint(output_dir, step, write, total_limit)
 
 
 def load_checkpoint(
