@@ -100,7 +100,14 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
+    vae = _tiny_vae(resolution)
+    text_encoder = CLIPTextModel(_tiny_clip_config())
+    return assemble_sd_pipeline(unet, vae, text_encoder, build_clip_tokenizer())
+
+
+def _tiny_vae(resolution: int, **config) -> AutoencoderKL:
+    """A two-block random ``AutoencoderKL`` (4 latent channels, factor 2) for ``resolution`` px images."""
+    return AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
         out_channels=3,
@@ -108,9 +115,8 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
         latent_channels=4,
         sample_size=resolution,
+        **config,
     )
-    text_encoder = CLIPTextModel(_tiny_clip_config())
-    return assemble_sd_pipeline(unet, vae, text_encoder, build_clip_tokenizer())
 
 
 def _sd_scheduler() -> DDIMScheduler:
@@ -173,17 +179,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffu
         cross_attention_dim=32 + 32,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=resolution,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = _tiny_vae(resolution, scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE settings
     text_encoder = CLIPTextModel(_tiny_clip_config())
     text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(projection_dim=32))
     tokenizer_2 = build_clip_tokenizer()
