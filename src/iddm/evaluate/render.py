@@ -214,13 +214,24 @@ def evaluate_html(report: EvaluateReport, images: Sequence[np.ndarray], referenc
 # ----------------------------------------------------------------------------------------------------
 
 
+def _numbers(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+
+
 def _mean(values: Sequence[Any]) -> float | None:
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+    numbers = _numbers(values)
     return float(np.mean(numbers)) if numbers else None
 
 
+def _spread(values: Sequence[Any]) -> float | None:
+    """Standard deviation over identities (``None`` under two)."""
+    numbers = _numbers(values)
+    return float(np.std(numbers, ddof=1)) if len(numbers) > 1 else None
+
+
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean of every numeric ``results.csv`` column over identities, per (method, level), for finished cells."""
+    """Mean (and, as ``<column>_sd``, the spread) of every numeric ``results.csv`` column over identities, per
+    (method, level), for finished cells."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
         if row["status"] == "done":
@@ -236,7 +247,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             elif column.endswith("_flags"):
                 mean[column] = sum(bool(v) for v in values)
             elif column not in ("identity", "method", "level", "defense", "white_box", "status", "error"):
-                mean[column] = _mean(values)
+                mean[column], mean[f"{column}_sd"] = _mean(values), _spread(values)
         means.append(mean)
     return means
 
@@ -250,6 +261,12 @@ def headline_backend(rows: Sequence[Mapping[str, Any]], backends: Sequence[str])
         if all(r.get(f"{key}_role") == "black-box" for r in rows if r["status"] == "done"):
             return key
     return keys[0]
+
+
+def _with_spread(row: Mapping[str, Any], column: str, digits: int = 2) -> str:
+    """``mean±sd`` on a mean row (the spread over identities), the plain value on an identity's row."""
+    spread = row.get(f"{column}_sd")
+    return fmt(row.get(column), digits) + ("" if spread is None else f"±{fmt(spread, digits)}")
 
 
 def benchmark_table(
@@ -271,9 +288,9 @@ def benchmark_table(
             mark = " (wb)" if row.get(f"{key}_role") == "white-box" else ""
             z = row.get(f"{key}_user_z")
             cells.append(
-                f"{fmt(row.get(f'{key}_r1u'))} / {fmt(row.get(f'{key}_rank_last'))} / "
-                f"{'–' if z is None else f'{z:+.2f}'} / {fmt(row.get(f'{key}_ism'), 3)} / "
-                f"{fmt(row.get(f'{key}_match_rate'))}{mark}"
+                f"{_with_spread(row, f'{key}_r1u')} / {fmt(row.get(f'{key}_rank_last'))} / "
+                f"{'–' if z is None else f'{z:+.2f}'} / {_with_spread(row, f'{key}_ism', 3)} / "
+                f"{_with_spread(row, f'{key}_match_rate')}{mark}"
             )
         cells += [
             fmt(_mean([row.get(f"{k}_r1u_chance") for k in keys])),
@@ -307,7 +324,11 @@ def benchmark_markdown(
     if failures:
         md += [f"**{len(failures)} cell(s) failed** (rerun the same command to retry them):", ""]
         md += [f"- {f.identity} {f.method}-{f.level}: {f.error} (log: {f.log})" for f in failures] + [""]
-    md += ["## Mean over identities", "", markdown_table(*benchmark_table(aggregate(rows), keys, False))]
+    md += [
+        "## Mean over identities (±: standard deviation across identities)",
+        "",
+        markdown_table(*benchmark_table(aggregate(rows), keys, False)),
+    ]
     md += ["## Per identity", "", markdown_table(*benchmark_table(rows, keys, True))]
     flags = benchmark_flag_lines(records)
     if flags:
@@ -403,7 +424,10 @@ def benchmark_html(
         )
     )
     body.append(html_image(_png_array(plot), "privacy-utility curve", min_width=1000, max_side=1100))
-    body += ["<h2>Mean over identities</h2>", html_table(*benchmark_table(aggregate(rows), keys, False))]
+    body += [
+        "<h2>Mean over identities (±: standard deviation across identities)</h2>",
+        html_table(*benchmark_table(aggregate(rows), keys, False)),
+    ]
     body += ["<h2>Per identity</h2>", html_table(*benchmark_table(rows, keys, True))]
     body.append(_html_list("Attacks that beat chance", benchmark_flag_lines(records)))
     by_identity: dict[str, list[CellRecord]] = {}
