@@ -70,7 +70,8 @@ def main() -> int:
     data = dataset(args.output / "data")
     options = args.output / "personalize.yaml"
     options.write_text("train_batch_size: 2\nnum_validation_images: 1\ncheckpointing_steps: 0\nround_steps: 10\n")
-    common = ["benchmark", "--dataset", str(data), "--max_train_steps", str(args.steps), "--resolution", "32"]
+    common = ["benchmark", "--dataset", str(data), "--model", "iddm:micro", "--max_train_steps", str(args.steps)]
+    common += ["--resolution", "32"]
     common += ["--num_images", "4", "--num_inference_steps", "4", "--methods", "vanilla", "iddm", "--levels", "high"]
     common += ["--surrogates", "sface", "--backends", "sface", "--personalize_config", str(options)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
