@@ -43,6 +43,7 @@ from iddm.evaluate.cells import (
     load_failure,
     load_probes,
     plan_cells,
+    with_ssim_to_vanilla,
 )
 from iddm.evaluate.dataset import Identity, discover_dataset
 from iddm.evaluate.harness import DEFAULT_PROMPTS
@@ -319,7 +320,7 @@ def collect(cells: Sequence[Cell], output_dir: Path) -> list[CellRecord | CellFa
     for cell in cells:
         status = cell.status(output_dir)
         if status == "done":
-            outcomes.append(load_cell(cell.folder(output_dir)))
+            outcomes.append(with_ssim_to_vanilla(load_cell(cell.folder(output_dir)), output_dir))
         elif status == "failed":
             outcomes.append(load_failure(cell.folder(output_dir)))
     return outcomes

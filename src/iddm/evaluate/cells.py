@@ -21,7 +21,7 @@ import logging
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from iddm.evaluate.attacker import attacker_knowledge, load_backends, roles
 from iddm.evaluate.dataset import Identity
 from iddm.evaluate.linkability import FaceSet, embed_images, subset
 from iddm.evaluate.results import CellFailure, CellRecord, WallSeconds, from_json, to_json
+from iddm.evaluate.utility import ssim_to_vanilla
 from iddm.faces import FaceRecognizer
 from iddm.images import PhotoError, atomic_write_bytes, atomic_write_json, load_photo
 from iddm.run_layout import LOG_FILE, RunManifest, is_run_dir, private_dir
@@ -200,6 +201,23 @@ def train_cell(cell: Cell, plan: CellPlan, photos: Path, folder: Path) -> tuple[
 def _load_generations(folder: Path) -> list[np.ndarray] | None:
     paths = sorted(folder.glob("image_*.png")) if folder.is_dir() else []
     return [load_photo(p) for p in paths] or None
+
+
+def with_ssim_to_vanilla(record: CellRecord, output_dir: Path) -> CellRecord:
+    """``record`` with SSIM→vanilla filled in when its cell finished before the identity's vanilla cell did.
+
+    Cells run in parallel in any order (longest first on Ray), so the vanilla generations may not have existed
+    when the cell was evaluated; they do once every cell is done.
+    """
+    if record.method == "vanilla" or record.utility.ssim_to_vanilla is not None:
+        return record
+    vanilla = _load_generations(Cell(record.identity, "vanilla", "off").folder(output_dir) / "images")
+    images = _load_generations(Path(output_dir) / record.images_dir)  # relative to the benchmark's folder
+    if vanilla is None or images is None:
+        return record
+    value, note = ssim_to_vanilla(images, vanilla)
+    utility = replace(record.utility, ssim_to_vanilla=value, ssim_to_vanilla_note=note)
+    return replace(record, utility=utility)
 
 
 def save_probes(path: Path, probes: FaceSet, reference: FaceSet) -> None:
