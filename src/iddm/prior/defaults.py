@@ -19,7 +19,7 @@ RECOMMENDED_LORA = {
     # rounds of 250 keep IDDM at high within ~1.3x the vanilla wall time (measured, README Results).
     "round_steps": 250,
 }
-"""LoRA settings for ``iddm personalize`` on the prior (provisional until measured)."""
+"""LoRA settings for ``iddm personalize`` on the prior (measured: README Results, docs/prior.md)."""
 
 
 def personalization_defaults(config: PretrainConfig) -> dict:
