@@ -58,3 +58,9 @@ def train_dir(tmp_path_factory, identity_photos: dict[str, list[Path]]) -> Path:
     for path in identity_photos["obama"][:3]:
         shutil.copy(path, folder / path.name)
     return folder
+
+
+TINY_BENCHMARK = (
+    "--model iddm:micro --max_train_steps 4 --resolution 32 --num_images 2 --num_inference_steps 2".split()
+)
+"""``iddm benchmark`` flags for a benchmark that runs in seconds (micro backbone, 4 steps, 2 images per cell)."""

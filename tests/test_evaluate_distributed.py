@@ -15,24 +15,13 @@ from pathlib import Path
 
 import pytest
 import skimage.data
+from conftest import TINY_BENCHMARK
 
 from iddm.cli import main
 from iddm.images import load_photo, save_png
 
 pytest.importorskip("ray")
 
-TINY = [
-    "--model",
-    "iddm:micro",
-    "--max_train_steps",
-    "4",
-    "--resolution",
-    "32",
-    "--num_images",
-    "2",
-    "--num_inference_steps",
-    "2",
-]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -52,7 +41,7 @@ def _dataset(root: Path, identity_photos, names=("obama", "macron", "sunak")) ->
 
 
 def _args(dataset: Path, out: Path, options: Path, *extra: str) -> list[str]:
-    args = ["benchmark", "--dataset", str(dataset), "--output_dir", str(out), *TINY, "--backends", "sface"]
+    args = ["benchmark", "--dataset", str(dataset), "--output_dir", str(out), *TINY_BENCHMARK, "--backends", "sface"]
     return [*args, "--surrogates", "sface", "--personalize_config", str(options), *extra]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_BENCHMARK
 from PIL import Image
 
 from iddm.cli import main
@@ -32,18 +33,6 @@ BACKEND_KEYS = {
     "chance_mean_user_rank", "user_z", "user_z_standard_error", "rank1_targeted", "chance_rank1_targeted",
     "rank1_targeted_pool", "match_at_far", "flags",
 }  # fmt: skip
-TINY = [
-    "--model",
-    "iddm:micro",
-    "--max_train_steps",
-    "4",
-    "--resolution",
-    "32",
-    "--num_images",
-    "2",
-    "--num_inference_steps",
-    "2",
-]
 
 
 def _strict_json(path: Path) -> dict:
@@ -282,7 +271,7 @@ METHODS = ["vanilla", "iddm", "noise", "cloak", "aspl"]
 
 
 def _benchmark_args(dataset: Path, out: Path, options: Path) -> list[str]:
-    args = ["benchmark", "--dataset", str(dataset), "--output_dir", str(out), *TINY, "--methods", *METHODS]
+    args = ["benchmark", "--dataset", str(dataset), "--output_dir", str(out), *TINY_BENCHMARK, "--methods", *METHODS]
     return args + ["--levels", "high", "--surrogates", "sface", "--personalize_config", str(options)]
 
 
@@ -392,7 +381,7 @@ def test_benchmark_anti_dreambooth_layout(identity_photos, tmp_path):
         ("obama", "vanilla-off"),
     ]
     out = tmp_path / "out"
-    args = ["benchmark", "--dataset", str(root), "--output_dir", str(out), *TINY, "--methods", "vanilla"]
+    args = ["benchmark", "--dataset", str(root), "--output_dir", str(out), *TINY_BENCHMARK, "--methods", "vanilla"]
     assert main(args + ["--backends", "sface"]) == 0
     record = json.loads((out / "cells" / "obama" / "vanilla-off" / "cell.json").read_text())
     assert record["backends"]["sface"]["chance_rank1"] == pytest.approx(1 / 3)  # user, macron, ardern
