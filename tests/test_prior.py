@@ -259,6 +259,7 @@ def _pretrain_error(data_dir: Path, tmp_path: Path, capsys, *extra: str) -> str:
     err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     assert code == 2, err
     assert err[-1].startswith("iddm pretrain: error: ") and not any("Traceback" in line for line in err), err
+    assert not (tmp_path / "o").exists()  # refused before any output folder is made
     return err[-1]
 
 

@@ -30,11 +30,11 @@ from iddm.checkpoints import list_checkpoints, resolve_checkpoint, write_checkpo
 from iddm.config import config_to_dict
 from iddm.diffusion.accelerator import fresh_accelerator
 from iddm.diffusion.tiny import assemble_sd_pipeline, build_clip_tokenizer
-from iddm.images import atomic_write_json, ensure_writable_dir, make_grid, save_png
+from iddm.images import atomic_write_json, check_writable_location, ensure_writable_dir, make_grid, save_png
 from iddm.prior.config import PretrainConfig
 from iddm.prior.data import load_corpus
 from iddm.prior.defaults import personalization_defaults
-from iddm.prior.models import build_models, vae_factor
+from iddm.prior.models import build_models, check_architecture, vae_factor
 from iddm.weights import MANIFEST_FILE, PRIOR_FILE, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ def _check_config(config: PretrainConfig) -> Path:
         raise ValueError("--vae_steps and --unet_steps must be at least 1.")
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise ValueError("--mixed_precision fp16 needs a CUDA GPU; use 'bf16' or 'no' on a CPU.")
-    output_dir = ensure_writable_dir(config.output_dir)
+    check_architecture(config)
+    output_dir = check_writable_location(config.output_dir)  # created once the corpus has loaded
     if (output_dir / MANIFEST_FILE).is_file() and not config.overwrite and config.resume_from_checkpoint is None:
         raise FileExistsError(
             f"{output_dir} already holds a finished prior ({MANIFEST_FILE}). Pass --overwrite to replace it, or "
@@ -155,6 +156,7 @@ def noise_scheduler() -> DDPMScheduler:
 def pretrain(config: PretrainConfig) -> PretrainResult:
     """Build the corpus, train both stages (resumable), write the pipeline folder, ``iddm_prior.json`` and manifest."""
     output_dir = _check_config(config)
+    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)  # a bad one stops before any work
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     accelerator = fresh_accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
@@ -174,6 +176,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         config.min_identities,
         config.skip_bad_photos,
     )
+    ensure_writable_dir(output_dir)
     summary = corpus.summary()
     logger.info(
         "Corpus: %d photos of %d identities (%d colour, %d grey), face detection rate %.3f; held out: %s.",
@@ -223,7 +226,6 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     }
     total = config.vae_steps + config.unet_steps
     start, seconds, losses = 0, {"vae": 0.0, "unet": 0.0}, {"vae": float("nan"), "unet": float("nan")}
-    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
     if checkpoint is not None:
         info = _load_checkpoint(checkpoint, state)
         start, seconds, losses = int(info["step"]), info["seconds"], info["losses"]
