@@ -166,19 +166,28 @@ def generate_probe_images(
         num_images=num_images,
         seed=seed,
         num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale if guidance_scale is not None else (1.0 if is_micro(model, lora) else 7.5),
+        guidance_scale=guidance_scale,  # None: the model's recommendation
         resolution=resolution,
         device=device,
     )
     return [load_photo(p) for p in run_generate(config)]
 
 
-def is_micro(model: str | Path, lora: Path | None) -> bool:
-    """Whether ``model`` is a micro pixel-space run or model folder (it ignores prompts)."""
+def knows_one_prompt(model: str | Path, lora: Path | None) -> bool:
+    """Whether ``model`` is, or was personalized from, one of iddm's built-in models (``iddm:face-prior``,
+    ``iddm:micro``): they know no prompt but the instance prompt."""
+    from iddm.diffusion.generate import generation_source
+    from iddm.diffusion.loading import BUILTIN_MODELS
     from iddm.diffusion.pixel import PIXEL_BACKBONE_FILE
     from iddm.run_layout import resolve_model_dir
 
-    return lora is None and (resolve_model_dir(model) / PIXEL_BACKBONE_FILE).is_file()
+    if str(model) in BUILTIN_MODELS or (lora is None and (resolve_model_dir(model) / PIXEL_BACKBONE_FILE).is_file()):
+        return True
+    try:
+        base, _ = generation_source(model, lora)
+    except (ValueError, OSError):
+        return False
+    return base in BUILTIN_MODELS
 
 
 def run_summary(run_dir: str | Path | None) -> RunSummary | None:
@@ -211,8 +220,8 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
     prompts = config.prompt
     if config.model is not None:
         prompts = list(config.prompt or DEFAULT_PROMPTS)
-        if is_micro(config.model, config.lora):
-            prompts = prompts[:1]  # the micro backbone is not text-conditioned
+        if knows_one_prompt(config.model, config.lora):
+            prompts = prompts[:1]
         images_dir = output_dir / "images"
         images = generate_probe_images(
             config.model,
