@@ -88,7 +88,16 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
     ``save_pretrained``/``from_pretrained``, ``load_lora_weights``) is the real one.
     """
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    unet = _tiny_unet(resolution, cross_attention_dim=32, attention_head_dim=8)
+    vae = _tiny_vae(resolution)
+    text_encoder = CLIPTextModel(_tiny_clip_config())
+    return assemble_sd_pipeline(unet, vae, text_encoder, build_clip_tokenizer())
+
+
+def _tiny_unet(resolution: int, **config) -> UNet2DConditionModel:
+    """A two-level random ``UNet2DConditionModel`` on the tiny VAE's ``resolution // 2`` latents (cross-attention
+    on the lower level); ``config`` adds the model family's conditioning."""
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=resolution // 2,
@@ -96,13 +105,9 @@ def build_tiny_sd_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusi
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
         norm_num_groups=32,
+        **config,
     )
-    vae = _tiny_vae(resolution)
-    text_encoder = CLIPTextModel(_tiny_clip_config())
-    return assemble_sd_pipeline(unet, vae, text_encoder, build_clip_tokenizer())
 
 
 def _tiny_vae(resolution: int, **config) -> AutoencoderKL:
@@ -162,14 +167,8 @@ def build_tiny_sdxl_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffu
     The VAE downsamples by 2 and asks for ``force_upcast`` (fp32 decoding) as SDXL's VAE does.
     """
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=resolution // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
+        resolution,
         attention_head_dim=(4, 8),
         use_linear_projection=True,
         transformer_layers_per_block=(1, 2),
@@ -177,7 +176,6 @@ def build_tiny_sdxl_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffu
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + 32,
         cross_attention_dim=32 + 32,
-        norm_num_groups=32,
     )
     vae = _tiny_vae(resolution, scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE settings
     text_encoder = CLIPTextModel(_tiny_clip_config())
