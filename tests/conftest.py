@@ -1,4 +1,4 @@
-"""Shared fixtures: the real test photos of tests/fixtures/photos (see CREDITS.md there)."""
+"""Shared fixtures (the real test photos of tests/fixtures/photos, see CREDITS.md there) and helpers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import os
 # Tests never reach a model hub: huggingface_hub reads this once, when it is first imported.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -64,3 +68,19 @@ TINY_BENCHMARK = (
     "--model iddm:micro --max_train_steps 4 --resolution 32 --num_images 2 --num_inference_steps 2".split()
 )
 """``iddm benchmark`` flags for a benchmark that runs in seconds (micro backbone, 4 steps, 2 images per cell)."""
+
+
+def sigkill_when(argv: list[str], marker: Path, timeout: float) -> None:
+    """Run ``iddm ARGV`` in its own process group; SIGKILL it once ``marker`` exists (or it ends, or time is up)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "iddm.cli", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )
+    deadline = time.time() + timeout
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

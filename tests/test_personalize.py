@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import sigkill_when
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -185,17 +183,7 @@ def test_sigkill_halfway_then_resume_equals_uninterrupted(train_dir, tmp_path):
     personalize(_config(train_dir, reference, max_train_steps=10, checkpointing_steps=3))
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*command, "--output_dir", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    while not (killed / "checkpoint-6").is_dir() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    sigkill_when(["personalize", *args, "--output_dir", str(killed)], killed / "checkpoint-6", timeout=240)
     assert (killed / "checkpoint-3").is_dir(), "the run never reached its first checkpoint"
     assert not (killed / "iddm_run.json").exists(), "the run finished before it could be killed"
     assert not (killed / "model").exists()

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import sigkill_when
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
@@ -166,20 +162,8 @@ def test_sigkill_halfway_then_resume_equals_uninterrupted(corpus_dir, tmp_path):
     flags += ["--checkpointing_steps", "10"]
     reference = tmp_path / "reference"
     assert main(["pretrain", *flags, "--output_dir", str(reference)]) == 0
-    command = [sys.executable, "-m", "iddm.cli", "pretrain", *flags]
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*command, "--output_dir", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-    )
-    deadline = time.time() + 120
-    while not (killed / "checkpoint-30").is_dir() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    sigkill_when(["pretrain", *flags, "--output_dir", str(killed)], killed / "checkpoint-30", timeout=120)
     assert (killed / "checkpoint-30").is_dir(), "the run never reached its checkpoint"
     assert not (killed / MANIFEST_FILE).exists(), "the run finished before it could be killed"
     assert main(["pretrain", *flags, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"]) == 0
