@@ -70,6 +70,18 @@ TINY_BENCHMARK = (
 """``iddm benchmark`` flags for a benchmark that runs in seconds (micro backbone, 4 steps, 2 images per cell)."""
 
 
+TINY_SD_OPTIONS = dict(
+    max_train_steps=3,
+    train_batch_size=2,
+    checkpointing_steps=0,
+    validation_steps=0,
+    num_validation_images=1,
+    num_inference_steps=2,
+    learning_rate=5e-2,
+)
+"""``iddm personalize`` options for seconds-long runs on the tiny random SD/SDXL pipelines."""
+
+
 def sigkill_when(argv: list[str], marker: Path, timeout: float) -> None:
     """Run ``iddm ARGV`` in its own process group; SIGKILL it once ``marker`` exists (or it ends, or time is up)."""
     process = subprocess.Popen(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SD_OPTIONS
 from diffusers import StableDiffusionXLPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -22,15 +23,7 @@ from iddm.images import load_photo
 from iddm.schedule import PersonalizeConfig, Trainer, personalize
 
 PROMPT = "a photo of sks person"
-FAST = dict(
-    max_train_steps=3,
-    train_batch_size=2,
-    checkpointing_steps=0,
-    validation_steps=0,
-    num_validation_images=1,
-    num_inference_steps=2,
-    learning_rate=5e-2,
-)
+FAST = TINY_SD_OPTIONS
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SD_OPTIONS
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
@@ -18,15 +19,7 @@ from iddm.diffusion import LORA_WEIGHT_NAME, build_clip_tokenizer, save_tiny_sd_
 from iddm.diffusion.export import KOHYA_WEIGHT_NAME
 from iddm.schedule import PersonalizeConfig, personalize
 
-FAST = dict(
-    max_train_steps=3,
-    train_batch_size=2,
-    checkpointing_steps=0,
-    validation_steps=0,
-    num_validation_images=1,
-    num_inference_steps=2,
-    learning_rate=5e-2,
-)
+FAST = TINY_SD_OPTIONS
 
 
 @pytest.fixture(scope="module")
