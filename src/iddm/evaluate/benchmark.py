@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from iddm.config import config_to_dict, field, load_yaml
-from iddm.diffusion.loading import BUILTIN_MODELS, DEFAULT_MODEL, MICRO
+from iddm.diffusion.loading import DEFAULT_MODEL, MICRO
 from iddm.evaluate.attacker import DEFAULT_BACKENDS
 from iddm.evaluate.cells import (
     METHODS,
@@ -46,7 +46,7 @@ from iddm.evaluate.cells import (
     with_ssim_to_vanilla,
 )
 from iddm.evaluate.dataset import Identity, discover_dataset
-from iddm.evaluate.harness import DEFAULT_PROMPTS
+from iddm.evaluate.harness import DEFAULT_PROMPTS, knows_one_prompt
 from iddm.evaluate.linkability import FaceSet, targeted_search
 from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend, privacy_utility_plot
 from iddm.evaluate.report import json_safe
@@ -150,7 +150,7 @@ def _check_settings(output_dir: Path, settings: dict) -> None:
 
 def cell_plan(config: BenchmarkConfig, extra: dict, output_dir: Path, torch_threads: int | None = None) -> CellPlan:
     """The :class:`CellPlan` shared by every cell of this benchmark."""
-    one_prompt = config.model in BUILTIN_MODELS  # neither knows words beyond its captions and the instance prompt
+    one_prompt = knows_one_prompt(config.model, None)
     personalize = {
         "pretrained_model_name_or_path": config.model,
         "max_train_steps": config.max_train_steps,
@@ -309,7 +309,7 @@ def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], 
     _check_settings(output_dir, settings)
     output_dir = ensure_writable_dir(output_dir)
     atomic_write_json(output_dir / SETTINGS_FILE, settings)
-    if config.model in BUILTIN_MODELS and (config.prompts or config.clip_model):
+    if knows_one_prompt(config.model, None) and (config.prompts or config.clip_model):
         logger.warning("%s knows no prompt but the instance prompt: it generates from that one only.", config.model)
     return output_dir, identities, cells, extra, settings
 
