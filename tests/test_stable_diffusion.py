@@ -17,9 +17,11 @@ from iddm.cli import main
 from iddm.config import build_config
 from iddm.diffusion import LORA_WEIGHT_NAME, build_clip_tokenizer, save_tiny_sd_pipeline
 from iddm.diffusion.export import KOHYA_WEIGHT_NAME
+from iddm.prior.defaults import RECOMMENDED_LORA
 from iddm.schedule import PersonalizeConfig, personalize
 
 FAST = TINY_SD_OPTIONS
+LOCON_TARGETS = RECOMMENDED_LORA["lora_target_modules"]
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +31,13 @@ def tiny_sd(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_sd, train_dir, tmp_path_factory) -> Path:
-    """A LoRA run with alpha != rank, a text-encoder LoRA, a checkpoint and the kohya export."""
+    """A LoRA run with alpha != rank, a text-encoder LoRA, a checkpoint and the kohya export; LoRA on
+    convolutions and feed-forward layers besides attention, as the face prior's defaults do."""
     out = tmp_path_factory.mktemp("lora") / "run"
     values = {
         "photos": train_dir, "output_dir": out, "pretrained_model_name_or_path": str(tiny_sd), **FAST,
         "max_train_steps": 4, "checkpointing_steps": 2, "lora_rank": 4, "lora_alpha": 16,
-        "train_text_encoder": True, "output_kohya_format": True,
+        "train_text_encoder": True, "output_kohya_format": True, "lora_target_modules": LOCON_TARGETS,
     }  # fmt: skip
     personalize(build_config(PersonalizeConfig, values))
     return out
@@ -72,6 +75,11 @@ def test_lora_loads_in_diffusers_with_its_alpha_and_matches_training_time_valida
     base.load_lora_weights(model)
     after = _generate(base)
     assert np.abs(after - before).mean() > 1e-4
+    # Every trained layer is adapted after loading (a file mixing key namings once lost its attention layers).
+    unet_keys = [k.removeprefix("unet.") for k in weights if k.startswith("unet.")]
+    trained = {k.split(".lora_A")[0] for k in unet_keys if ".lora_A." in k}
+    loaded = {name.removesuffix(".lora_A") for name, _ in base.unet.named_modules() if name.endswith(".lora_A")}
+    assert trained == loaded and any(".attn1.to_k" in name for name in loaded) and any("conv1" in n for n in loaded)
     assert base.unet.peft_config["default_0"].lora_alpha == 16  # not the rank: the trained strength is kept
     # iddm's own sampler on the same weights draws the training-time validation grid exactly.
     validation = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(lora_run / "validation" / "final.png"))

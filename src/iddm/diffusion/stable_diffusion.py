@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import cast_training_params
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from torch import nn
@@ -53,8 +52,13 @@ def adapter_metadata(module: nn.Module) -> dict[str, Any] | None:
 
 
 def lora_layers(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Diffusers-format LoRA tensors of ``module`` (fp32 CPU copies)."""
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+    """PEFT-format LoRA tensors of ``module`` (``<layer>.lora_A.weight``, ``lora_B``; fp32 CPU copies).
+
+    Kept in PEFT's naming, which ``load_lora_weights`` reads as is: ``convert_state_dict_to_diffusers`` renames
+    only attention layers (``to_k.lora.down``), and a file that mixes both namings loses its attention LoRA on load
+    as soon as other layers (convolutions, feed-forward) are adapted too.
+    """
+    state = get_peft_model_state_dict(module)
     return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
