@@ -86,20 +86,39 @@ def test_two_workers_give_the_sequential_results(tmp_path, identity_photos, opti
         assert "started" in log and "finished in" in log and "personalize" in log  # its progress bars too
 
 
+def _own_cell_workers() -> list[int]:
+    """PIDs of the Ray workers running a cell (``ray::execute_cell``) that descend from this test process: never
+    those of another Ray cluster on the machine."""
+    listing = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    parent, workers = {}, []
+    for line in listing.splitlines()[1:]:
+        pid, ppid, *args = line.split(maxsplit=2)
+        parent[int(pid)] = int(ppid)
+        if args and args[0].startswith("ray::execute_cell"):
+            workers.append(int(pid))
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return [pid for pid in workers if descends(pid)]
+
+
 def _kill_first_cell_worker(stop: threading.Event, killed: list[int], after: Path) -> None:
-    """Once ``after`` exists, SIGKILL the first Ray worker process seen running a cell (``ray::execute_cell``)."""
+    """Once ``after`` exists, SIGKILL the first of this test's Ray workers seen running a cell."""
     while not stop.is_set() and not after.is_file():
         time.sleep(0.3)
     while not stop.is_set() and not killed:
-        listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        for line in listing.splitlines():
-            if "ray::execute_cell" in line and "ps -eo" not in line:
-                try:
-                    os.kill(int(line.split()[0]), signal.SIGKILL)
-                except ProcessLookupError:  # that cell just ended
-                    continue
-                killed.append(int(line.split()[0]))
-                return
+        for pid in _own_cell_workers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # that cell just ended
+                continue
+            killed.append(pid)
+            return
         time.sleep(0.3)
 
 
