@@ -53,7 +53,14 @@ def _rows(out: Path) -> list[dict]:
 def _run_subprocess(args: list[str], prelude: str = "", **kwargs) -> subprocess.Popen:
     code = f"import sys\n{prelude}\nfrom iddm.cli import main\nsys.exit(main({args!r}))\n"
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, text=True, **kwargs)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, text=True, preexec_fn=_as_from_a_shell, **kwargs)
+
+
+def _as_from_a_shell() -> None:
+    """In the child: SIGINT delivered and handled by default, as under a terminal. A blocked mask or an ignored
+    disposition would be inherited from the test process, whose earlier tests run Ray and torch threads."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.slow
