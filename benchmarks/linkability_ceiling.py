@@ -21,10 +21,10 @@ import numpy as np
 from vae_filter import round_trip
 
 from iddm.diffusion import DEFAULT_MODEL, load_backbone, prepare_photos
-from iddm.evaluate.attacker import attacker_knowledge, linkability_by_backend, load_backends
-from iddm.evaluate.cells import embed_identities, mirror_training_photos
+from iddm.evaluate.attacker import linkability_by_backend, load_backends
+from iddm.evaluate.cells import embed_identities, identity_knowledge, mirror_training_photos
 from iddm.evaluate.dataset import discover_dataset
-from iddm.evaluate.linkability import embed_images, subset
+from iddm.evaluate.linkability import embed_images
 from iddm.images import load_photo
 
 
@@ -48,10 +48,7 @@ def main() -> int:
         for identity in identities:
             if not identity.is_user:
                 continue
-            own, n_train, n_ref = faces[identity.name], identity.num_train, identity.num_reference
-            extra = subset(own, range(n_train + n_ref, len(identity.photos))) if identity.extra else None
-            others = {name: f for name, f in faces.items() if name != identity.name}
-            reference, gallery = attacker_knowledge(subset(own, range(n_train, n_train + n_ref)), others, extra)
+            reference, gallery = identity_knowledge(identity, faces)
             photos_dir = mirror_training_photos(identity, Path(scratch) / identity.name)
             crops = list(prepare_photos(photos_dir, resolution, crop=crop, min_photos=1).as_uint8())
             views = {

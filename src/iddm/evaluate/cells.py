@@ -161,6 +161,18 @@ def embed_identities(identities: Sequence[Identity], recognizers: Mapping[str, F
     return faces
 
 
+def identity_knowledge(identity: Identity, faces: Mapping[str, FaceSet]) -> tuple[FaceSet, FaceSet]:
+    """The attacker's ``(reference, gallery)`` for a user identity (:func:`attacker_knowledge`): its reference
+    photos, and a gallery of its extra photos plus every other identity's photos (``faces``: :func:`embed_identities`).
+    """
+    own = faces[identity.name]
+    n_train, n_ref = identity.num_train, identity.num_reference
+    reference = subset(own, range(n_train, n_train + n_ref))
+    extra_user = subset(own, range(n_train + n_ref, len(identity.photos))) if identity.extra else None
+    distractors = {name: f for name, f in faces.items() if name != identity.name}
+    return attacker_knowledge(reference, distractors, extra_user)
+
+
 # ----------------------------------------------------------------------------------------------------
 # One cell
 # ----------------------------------------------------------------------------------------------------
@@ -282,12 +294,7 @@ def run_cell(cell: Cell, identity: Identity, faces: Mapping[str, FaceSet], plan:
     generated = time.perf_counter()
 
     recognizers = cached_backends(plan.backends)
-    own = faces[identity.name]
-    n_train, n_ref = identity.num_train, identity.num_reference
-    reference = subset(own, range(n_train, n_train + n_ref))
-    extra_user = subset(own, range(n_train + n_ref, len(identity.photos))) if identity.extra else None
-    distractors = {name: f for name, f in faces.items() if name != identity.name}
-    reference, gallery = attacker_knowledge(reference, distractors, extra_user)
+    reference, gallery = identity_knowledge(identity, faces)
     vanilla = None
     if cell.method != "vanilla":
         vanilla = _load_generations(Cell(cell.identity, "vanilla", "off").folder(output_dir) / "images")
