@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from iddm.config import build_config
 from iddm.decouple import ObjectiveInputs, build_data_optimizer, identity_terms, resolve_privacy
 from iddm.decouple.objective import aspl_objective
-from iddm.decouple.transforms import differentiable_jpeg
+from iddm.decouple.transforms import differentiable_jpeg, jitter_faces, sample_transform
 from iddm.diffusion import PixelBackbone, prepare_photos
 from iddm.diffusion.objectives import predicted_x0, training_target, uniform_timesteps
-from iddm.faces import impostor_statistics
+from iddm.faces import detect_single_face, impostor_statistics
 from iddm.images import load_photo
 from iddm.schedule import PersonalizeConfig, personalize
 
@@ -91,6 +91,30 @@ def test_differentiable_jpeg_approximates_pil(quality):
     pil_change, our_change = np.abs(original - pil).mean(), np.abs(original - ours).mean()
     assert np.abs(ours - pil).mean() < 0.7 * pil_change  # closer to PIL's output than the original is
     assert abs(our_change - pil_change) < 0.2 * pil_change  # and it removes about as much as PIL does
+
+
+def test_face_jitter_moves_the_face_within_its_amplitude():
+    photo = load_photo(Path(__file__).parent / "fixtures" / "photos" / "obama_1.jpg")
+    image = np.array(Image.fromarray(photo).resize((128, 128)))
+    images = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255).repeat(6, 1, 1, 1)
+    clean = detect_single_face(image).landmarks
+    amplitude = 0.1
+    jittered = jitter_faces(images, amplitude, torch.Generator().manual_seed(0))
+    assert torch.equal(jitter_faces(images, amplitude, torch.Generator().manual_seed(0)), jittered)
+    assert torch.equal(jitter_faces(images, 0.0, torch.Generator()), images)
+    moved = []
+    for frame in jittered:
+        crop = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        moved.append(np.linalg.norm(detect_single_face(crop).landmarks - clean, axis=1).max())
+    # Bound from the draws' ranges (pixels of a 128 px image): |s R p - p| + s |t| with |p| <= sqrt(2) half-widths.
+    bound = ((amplitude + np.radians(60) * amplitude) * np.sqrt(2) + (1 + amplitude) * amplitude * np.sqrt(2)) * 64
+    assert max(moved) < bound + 2  # + the detector's own landmark noise
+    assert np.mean(moved) > 2  # and it does move the face
+    # Composed with a robustness transform, still differentiable and shape-preserving.
+    x = images.clone().requires_grad_(True)
+    out = sample_transform(["blur"], torch.Generator().manual_seed(1), jitter=amplitude)(x)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.abs().sum() > 0
 
 
 def _settings(**overrides):

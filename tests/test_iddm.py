@@ -196,3 +196,17 @@ def test_iddm_on_tiny_stable_diffusion(method, train_dir, tmp_path):
 def test_surrogate_must_be_differentiable(photos64):
     with pytest.raises(ValueError, match="not differentiable"):
         IdentityLoss([load_recognizer("dlib")], [1.0], photos64.images, photos64.landmarks)
+
+
+def test_a_stochastic_ensemble_step_evaluates_one_surrogate_on_the_full_scale(photos64):
+    settings = _settings(privacy="high", surrogates=["sface", "facenet"], surrogates_per_step=1)
+    optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
+    identity = optimizer.identity
+    clean, indices = photos64.images, torch.arange(len(photos64.images))
+    full, cosines = identity(clean, indices)
+    alone = [identity(clean, indices, only=[k]) for k in range(2)]
+    # Each surrogate alone carries the ensemble's whole weight, so the two halves average to the full loss.
+    assert all(list(logged) == [identity.recognizers[k].name] for k, (_, logged) in enumerate(alone))
+    assert (alone[0][0] + alone[1][0]).item() / 2 == pytest.approx(full.item(), rel=1e-5)
+    record = optimizer.run_round(PixelBackbone.from_scratch(64), clean, "a photo of sks person", 4, torch.Generator())
+    assert set(record["surrogate_cos_x0"]) == set(cosines) and record["linf"] > 0

@@ -94,7 +94,8 @@ class DataOptimizer:
         with torch.no_grad():
             indices = torch.arange(len(clean), device=clean.device)
             cosines = self.identity.cosines(self.perturbation.perturbed(clean), indices)
-        x0_cos = logs[-1].get("x0", {n: float("nan") for n in names})
+        # The last cosine logged per surrogate (a step may evaluate only some of them).
+        x0_cos = {n: float("nan") for n in names} | {n: c for log in logs for n, c in log.get("x0", {}).items()}
         return {
             "surrogate_cos_x0": x0_cos,
             "surrogate_cos_x0_mean": sum(x0_cos.values()) / len(x0_cos),
@@ -113,7 +114,8 @@ class DataOptimizer:
     ) -> torch.Tensor:
         """Stage 2's optional term on θ: identity loss of the model's x̂0 of a batch of photos ``indices``."""
         x0 = backbone.denoised_estimate(images, conditioning, generator, self.settings.max_denoise_timestep)
-        loss, _ = self.identity(sample_transform(self.settings.eot, generator)(x0.float()), indices)
+        transform = sample_transform(self.settings.eot, generator, self.settings.jitter)
+        loss, _ = self.identity(transform(x0.float()), indices)
         return loss
 
 

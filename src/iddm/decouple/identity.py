@@ -100,11 +100,20 @@ class IdentityLoss:
         """Per surrogate, ``(B,)`` cosine of each image's face to the user's anchor."""
         return {r.name: self.embed(r, images, indices) @ self.anchors[r.name].to(images) for r in self.recognizers}
 
-    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss and the per-surrogate mean cosines to the user (for logging)."""
+    def __call__(
+        self, images: torch.Tensor, indices: torch.Tensor, only: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss and the per-surrogate mean cosines to the user (for logging).
+
+        ``only``: positions of the surrogates to evaluate (default all); their weights are rescaled to the
+        full ensemble's sum, so a step on a subset moves the loss on the same scale.
+        """
+        chosen = range(len(self.recognizers)) if only is None else list(only)
+        scale = sum(self.weights) / max(sum(self.weights[i] for i in chosen), 1e-12)
         loss = images.new_zeros(())
         logged = {}
-        for recognizer, weight in zip(self.recognizers, self.weights):
+        for i in chosen:
+            recognizer, weight = self.recognizers[i], self.weights[i] * scale
             embedding = self.embed(recognizer, images, indices)
             cosine = embedding @ self.anchors[recognizer.name].to(images)
             margin = None if self.margins is None else self.margins[recognizer.name]

@@ -52,6 +52,13 @@ def uniform_noise(clean: torch.Tensor, epsilon: float, generator: torch.Generato
     return project((uniform * 2 - 1) * epsilon, clean, epsilon)
 
 
+def sample_surrogates(count: int, per_step: int | None, generator: torch.Generator) -> list[int] | None:
+    """Positions of ``per_step`` of ``count`` surrogates drawn without replacement (``None``: all of them)."""
+    if per_step is None or per_step >= count:
+        return None
+    return sorted(torch.randperm(count, generator=generator)[:per_step].tolist())
+
+
 def fidelity_penalty(images: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Mean squared difference in 8-bit levels², so ``λ_fid`` does not depend on the image scale."""
     return F.mse_loss(images, clean) * 255**2
@@ -82,9 +89,11 @@ class ObjectiveInputs:
         return torch.arange(len(self.clean), device=self.clean.device)
 
     def identity_of(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``L_id(T(images))`` with a freshly drawn transform ``T``, and the per-surrogate mean cosines."""
-        transform = sample_transform(self.settings.eot, self.generator)
-        return self.identity(transform(images.float()), self.indices)
+        """``L_id(T(images))`` with a freshly drawn transform ``T`` (and surrogate subset), and the
+        per-surrogate mean cosines."""
+        transform = sample_transform(self.settings.eot, self.generator, self.settings.jitter)
+        only = sample_surrogates(len(self.identity.recognizers), self.settings.surrogates_per_step, self.generator)
+        return self.identity(transform(images.float()), self.indices, only)
 
 
 Objective = Callable[[ObjectiveInputs, torch.Tensor], tuple[torch.Tensor, dict]]

@@ -76,10 +76,23 @@ class PrivacyConfig:
         ["sface", "facenet"], help="Differentiable FR models the optimizer attacks.", choices=DIFFERENTIABLE_SURROGATES
     )
     surrogate_weights: list[float] | None = field(None, help="Weight per surrogate (default: equal).", ge=0)
+    surrogates_per_step: int | None = field(
+        None,
+        help="Evaluate only this many surrogates, drawn at random, per identity term of a data step (a "
+        "stochastic ensemble: cheaper steps). Empty: all of them.",
+        ge=1,
+    )
     eot: list[str] = field(
         ["jpeg", "resize", "blur"],
         help="Robustness transforms drawn per data step (expectation over transforms).",
         choices=sorted(EOT_TRANSFORMS),
+    )
+    jitter: float = field(
+        0.0,
+        help="Input diversity: each data step moves the faces by a random scale (1±a), rotation (±60a degrees) "
+        "and shift (±a/2) before the surrogates, for transfer to FR models that align faces differently.",
+        ge=0,
+        lt=1,
     )
     decoy: Path | None = field(None, help="Targeted variant: a photo of a decoy identity to pull toward.")
     defense: DefenseName = field(
@@ -105,6 +118,11 @@ class PrivacyConfig:
             )
         if self.decoy is not None and not Path(self.decoy).is_file():
             problems.append(f"--decoy {self.decoy} is not a photo file")
+        if self.surrogates_per_step is not None and self.surrogates_per_step > len(self.surrogates):
+            problems.append(
+                f"--surrogates_per_step is {self.surrogates_per_step} but only {len(self.surrogates)} "
+                "surrogates are set"
+            )
         if len(set(self.surrogates)) != len(self.surrogates):
             problems.append(f"--surrogates lists a model twice: {self.surrogates}")
         return problems
@@ -128,7 +146,9 @@ class PrivacySettings:
     identity_loss: str
     surrogates: tuple[str, ...]
     surrogate_weights: tuple[float, ...]
+    surrogates_per_step: int | None
     eot: tuple[str, ...]
+    jitter: float
     decoy: str | None
     max_denoise_timestep: int
     defense: str = "iddm"
@@ -203,7 +223,9 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         identity_loss=config.identity_loss,
         surrogates=surrogates,
         surrogate_weights=weights,
+        surrogates_per_step=config.surrogates_per_step,
         eot=tuple(config.eot),
+        jitter=config.jitter,
         decoy=str(config.decoy) if config.decoy else None,
         max_denoise_timestep=config.max_denoise_timestep,
         defense=config.defense,

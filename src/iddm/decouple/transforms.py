@@ -128,12 +128,38 @@ EOT_TRANSFORMS: dict[str, Callable[[torch.Generator], Transform]] = {
 """Name -> factory drawing that transform's random strength from a generator."""
 
 
-def sample_transform(names: list[str] | tuple[str, ...], generator: torch.Generator) -> Transform:
-    """Draw the identity or one of ``names`` (uniformly) with a random strength."""
+def jitter_faces(images: torch.Tensor, amplitude: float, generator: torch.Generator) -> torch.Tensor:
+    """Move each face a little against the fixed crop: a random similarity transform per image.
+
+    Scale ``1 ± a``, rotation ``± 60·a`` degrees and shift ``± a/2`` of the image size, each uniform,
+    with ``a = amplitude`` (reflected borders). An attacker's FR pipeline aligns faces its own way; a
+    perturbation tuned to one exact crop transfers worse (input diversity, Xie et al. 2019).
+
+    Args:
+        images: ``(N, 3, H, W)`` in ``[0, 1]``.
+        amplitude: ``a`` in ``[0, 1)``; 0 returns ``images`` unchanged.
+        generator: CPU generator for the draws.
+    """
+    if amplitude <= 0:
+        return images
+    uniform = (torch.rand((len(images), 4), generator=generator) * 2 - 1).to(images)
+    scale = 1 + amplitude * uniform[:, 0]
+    angle = math.radians(60) * amplitude * uniform[:, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    shift = amplitude * uniform[:, 2:]
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def sample_transform(names: list[str] | tuple[str, ...], generator: torch.Generator, jitter: float = 0.0) -> Transform:
+    """Draw the identity or one of ``names`` (uniformly) with a random strength, after a face jitter of
+    amplitude ``jitter`` (:func:`jitter_faces`; 0: none)."""
     unknown = sorted(set(names) - set(EOT_TRANSFORMS))
     if unknown:
         raise ValueError(f"Unknown EOT transform(s) {unknown}; known: {sorted(EOT_TRANSFORMS)}.")
     choice = int(torch.randint(0, len(names) + 1, (1,), generator=generator))
-    if choice == len(names):
-        return lambda x: x
-    return EOT_TRANSFORMS[names[choice]](generator)
+    robustness = (lambda x: x) if choice == len(names) else EOT_TRANSFORMS[names[choice]](generator)
+    if jitter <= 0:
+        return robustness
+    return lambda x: robustness(jitter_faces(x, jitter, generator))
