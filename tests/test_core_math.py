@@ -154,7 +154,9 @@ def test_calibrated_loss_stops_at_the_stranger_level_the_unbounded_loss_does_not
 
     final = {}
     for loss in ("calibrated", "unbounded"):
-        settings = _settings(privacy="high", identity_loss=loss, eot=[], lambda_gen=0.0, step_size=3 / 255)
+        settings = _settings(
+            privacy="high", identity_loss=loss, eot=[], jitter=0.0, decoy="none", lambda_gen=0.0, step_size=3 / 255
+        )
         optimizer = build_data_optimizer(settings, photos32, torch.device("cpu"))
         generator = torch.Generator().manual_seed(0)
         optimizer.run_round(PixelBackbone.from_scratch(32), photos32.images, "p", 25, generator)

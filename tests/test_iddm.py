@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from iddm.config import build_config
 from iddm.decouple import IdentityLoss, build_data_optimizer, parse_level, resolve_privacy
 from iddm.diffusion import PixelBackbone, prepare_photos, save_tiny_sd_pipeline
-from iddm.faces import load_recognizer
+from iddm.faces import BUILTIN_DECOYS, detect_single_face, embed_photos, load_recognizer
+from iddm.images import list_photos, load_photo
 from iddm.schedule import PersonalizeConfig, StagePlan, personalize
 
 FAST = dict(
@@ -98,8 +99,8 @@ def test_one_data_step_lowers_identity_loss_and_respects_epsilon(photos64):
 def test_targeted_variant_pulls_toward_the_decoy(photos64, identity_photos):
     decoy = identity_photos["biden"][0]
     base = dict(privacy="high", eot=[], lambda_gen=0.0, step_size=2 / 255)
-    untargeted = _settings(**base)
-    targeted = _settings(**base, decoy=decoy)
+    untargeted = _settings(**base, decoy="none")
+    targeted = _settings(**base, decoy=str(decoy))
     backbone = PixelBackbone.from_scratch(64)
     clean = photos64.images
     results = {}
@@ -210,3 +211,24 @@ def test_a_stochastic_ensemble_step_evaluates_one_surrogate_on_the_full_scale(ph
     assert (alone[0][0] + alone[1][0]).item() / 2 == pytest.approx(full.item(), rel=1e-5)
     record = optimizer.run_round(PixelBackbone.from_scratch(64), clean, "a photo of sks person", 4, torch.Generator())
     assert set(record["surrogate_cos_x0"]) == set(cosines) and record["linf"] > 0
+
+
+def test_a_folder_decoy_is_the_mean_of_its_photos_embeddings(photos64, identity_photos, tmp_path):
+    folder = tmp_path / "composite"
+    folder.mkdir()
+    singles = []
+    for name in ("biden", "sunak"):
+        shutil.copy(identity_photos[name][0], folder / Path(identity_photos[name][0]).name)
+        settings = _settings(privacy="high", decoy=str(identity_photos[name][0]))
+        singles.append(build_data_optimizer(settings, photos64, torch.device("cpu")).identity.decoys["sface"])
+    composite = build_data_optimizer(_settings(privacy="high", decoy=str(folder)), photos64, torch.device("cpu"))
+    expected = torch.nn.functional.normalize(torch.stack(singles).mean(0), dim=0)
+    assert torch.allclose(composite.identity.decoys["sface"], expected, atol=1e-5)
+    # The default decoy is the built-in composite: five different strangers, none of them the user.
+    builtin = build_data_optimizer(_settings(privacy="high"), photos64, torch.device("cpu")).identity
+    assert _settings(privacy="high").decoy == str(BUILTIN_DECOYS["iddm:composite"])
+    photos = [load_photo(p) for p in list_photos(BUILTIN_DECOYS["iddm:composite"])]
+    members = torch.stack(embed_photos(load_recognizer("sface"), photos, [detect_single_face(p) for p in photos]))
+    assert len(members) == 5 and float((members @ members.T).triu(1).max()) < 0.363  # SFace's match threshold
+    assert float(builtin.decoys["sface"] @ builtin.anchors["sface"]) < 0.363
+    assert _settings(privacy="high", decoy="none").decoy is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from iddm.decouple.identity import IdentityLoss, load_margins
@@ -19,7 +20,7 @@ from iddm.diffusion import Backbone, TrainingPhotos
 from iddm.diffusion.data import to_tensor
 from iddm.faces import align_crop, detect_single_face, load_recognizer
 from iddm.fidelity import mean_psnr_ssim
-from iddm.images import atomic_write_safetensors, load_photo
+from iddm.images import atomic_write_safetensors, list_photos, load_photo
 
 
 class Perturbation:
@@ -120,15 +121,19 @@ class DataOptimizer:
 
 
 def _decoy_embeddings(path: str, recognizers) -> dict[str, torch.Tensor]:
-    """Unit embeddings of the decoy photo's face under each surrogate."""
-    photo = load_photo(path)
-    face = detect_single_face(photo, source=path)
-    out = {}
-    for recognizer in recognizers:
-        crop = align_crop(photo, face.landmarks, recognizer.template, recognizer.input_size)
-        with torch.no_grad():
-            out[recognizer.name] = recognizer.embed(to_tensor(crop)[None])[0]
-    return out
+    """Unit embeddings of the decoy under each surrogate: of one photo's face, or the normalized mean over a
+    folder's photos (photos of several people make a composite that is nobody in particular)."""
+    paths = list_photos(path) if Path(path).is_dir() else [Path(path)]
+    crops: dict[str, list[torch.Tensor]] = {r.name: [] for r in recognizers}
+    for photo_path in paths:
+        photo = load_photo(photo_path)
+        face = detect_single_face(photo, source=str(photo_path))
+        for recognizer in recognizers:
+            crops[recognizer.name].append(
+                to_tensor(align_crop(photo, face.landmarks, recognizer.template, recognizer.input_size))
+            )
+    with torch.no_grad():
+        return {r.name: F.normalize(r.embed(torch.stack(crops[r.name])).mean(0), dim=0) for r in recognizers}
 
 
 def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, device: torch.device) -> DataOptimizer:

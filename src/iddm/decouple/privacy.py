@@ -13,6 +13,8 @@ Stage 1 fraction       0.5 + 0.25 p                0.58, 0.67, 0.75 of max_train
 lambda_gen, _data      1.0, 1.0                    identity loss on x̂0 and on the photos
 lambda_fid             0.01 (1 - p)                0.0067, 0.0034, 0 (MSE penalty, per 8-bit level²)
 lambda_model           0.0                         (Stage 2 model-side term, off)
+face jitter            0.2                         scale 1±0.2, ±12°, shift ±0.1 (input diversity)
+decoy                  iddm:composite              pull toward a composite of five strangers
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
@@ -27,10 +29,13 @@ from typing import Literal
 
 from iddm.config import field
 from iddm.decouple.transforms import EOT_TRANSFORMS
+from iddm.faces import BUILTIN_DECOYS
 
 PRESETS = {"off": 0.0, "low": 0.33, "medium": 0.66, "high": 1.0}
 MAX_EPSILON = 16 / 255
 DIFFERENTIABLE_SURROGATES = ["sface", "facenet", "arcface"]
+
+DEFAULT_DECOY = "iddm:composite"
 
 DefenseName = Literal["iddm", "noise", "cloak", "aspl"]
 IdentityLossName = Literal["calibrated", "unbounded"]
@@ -88,13 +93,18 @@ class PrivacyConfig:
         choices=sorted(EOT_TRANSFORMS),
     )
     jitter: float = field(
-        0.0,
+        0.2,
         help="Input diversity: each data step moves the faces by a random scale (1±a), rotation (±60a degrees) "
         "and shift (±a/2) before the surrogates, for transfer to FR models that align faces differently.",
         ge=0,
         lt=1,
     )
-    decoy: Path | None = field(None, help="Targeted variant: a photo of a decoy identity to pull toward.")
+    decoy: str = field(
+        DEFAULT_DECOY,
+        help="Pull the faces toward a decoy as well as away from the user: 'iddm:composite' (built in: the mean "
+        "embedding of five ORL faces, nobody in particular), a photo, a folder of photos (their mean embedding), "
+        "or 'none'.",
+    )
     defense: DefenseName = field(
         "iddm",
         help="'iddm' (alternating identity decoupling); baselines at the same epsilon: 'noise' (uniform random "
@@ -116,8 +126,8 @@ class PrivacyConfig:
             problems.append(
                 f"--surrogate_weights has {len(self.surrogate_weights)} values for {len(self.surrogates)} surrogates"
             )
-        if self.decoy is not None and not Path(self.decoy).is_file():
-            problems.append(f"--decoy {self.decoy} is not a photo file")
+        if decoy_path(self.decoy) is not None and not Path(decoy_path(self.decoy)).exists():
+            problems.append(f"--decoy {self.decoy} is not a photo file or folder")
         if self.surrogates_per_step is not None and self.surrogates_per_step > len(self.surrogates):
             problems.append(
                 f"--surrogates_per_step is {self.surrogates_per_step} but only {len(self.surrogates)} "
@@ -179,6 +189,13 @@ class PrivacySettings:
         return {**asdict(self), "enabled": self.enabled}
 
 
+def decoy_path(decoy: str | Path | None) -> str | None:
+    """The photo or folder behind a ``--decoy`` value (a built-in name resolved); ``None`` for none."""
+    if decoy is None or str(decoy).strip().lower() in ("", "none"):
+        return None
+    return str(BUILTIN_DECOYS.get(str(decoy), decoy))
+
+
 def parse_level(value: str | float) -> tuple[float, str]:
     """``"medium"`` -> ``(0.66, "medium")``; ``"0.5"`` -> ``(0.5, "0.50")``."""
     if isinstance(value, str) and value.strip().lower() in PRESETS:
@@ -226,7 +243,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         surrogates_per_step=config.surrogates_per_step,
         eot=tuple(config.eot),
         jitter=config.jitter,
-        decoy=str(config.decoy) if config.decoy else None,
+        decoy=decoy_path(config.decoy),
         max_denoise_timestep=config.max_denoise_timestep,
         defense=config.defense,
         cloak_steps=config.cloak_steps,

@@ -14,11 +14,12 @@ from iddm.faces.align import (
 )
 from iddm.faces.base import DetectedFace, FaceRecognizer
 from iddm.faces.detect import FaceNotFoundError, detect_faces, detect_single_face, select_single_face
-from iddm.faces.registry import RECOGNIZERS, embed_photos, load_recognizer
+from iddm.faces.registry import BUILTIN_DECOYS, RECOGNIZERS, embed_photos, load_recognizer
 from iddm.faces.statistics import impostor_statistics
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
+    "BUILTIN_DECOYS",
     "RECOGNIZERS",
     "DetectedFace",
     "FaceAligner",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,6 +59,10 @@ RECOGNIZERS: dict[str, Callable[..., FaceRecognizer]] = {
     "arcface": _arcface,
 }
 """Recognizer name -> factory taking the backend's keyword arguments (e.g. ``device=``)."""
+
+
+BUILTIN_DECOYS: dict[str, Path] = {"iddm:composite": Path(__file__).with_name("decoys") / "composite"}
+"""Decoy name -> its folder of photos shipped with iddm (credits in ``faces/decoys/CREDITS.md``)."""
 
 
 def load_recognizer(name: str, **kwargs) -> FaceRecognizer:
