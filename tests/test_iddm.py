@@ -213,22 +213,32 @@ def test_a_stochastic_ensemble_step_evaluates_one_surrogate_on_the_full_scale(ph
     assert set(record["surrogate_cos_x0"]) == set(cosines) and record["linf"] > 0
 
 
-def test_a_folder_decoy_is_the_mean_of_its_photos_embeddings(photos64, identity_photos, tmp_path):
+def test_a_folder_decoy_is_the_mean_of_its_photos_embeddings_orthogonal_to_the_user(
+    photos64, identity_photos, tmp_path
+):
+    sface = load_recognizer("sface")
+
+    def raw_embeddings(paths) -> torch.Tensor:
+        photos = [load_photo(p) for p in paths]
+        return torch.stack(embed_photos(sface, photos, [detect_single_face(p) for p in photos]))
+
     folder = tmp_path / "composite"
     folder.mkdir()
-    singles = []
-    for name in ("biden", "sunak"):
-        shutil.copy(identity_photos[name][0], folder / Path(identity_photos[name][0]).name)
-        settings = _settings(privacy="high", decoy=str(identity_photos[name][0]))
-        singles.append(build_data_optimizer(settings, photos64, torch.device("cpu")).identity.decoys["sface"])
-    composite = build_data_optimizer(_settings(privacy="high", decoy=str(folder)), photos64, torch.device("cpu"))
-    expected = torch.nn.functional.normalize(torch.stack(singles).mean(0), dim=0)
-    assert torch.allclose(composite.identity.decoys["sface"], expected, atol=1e-5)
-    # The default decoy is the built-in composite: five different strangers, none of them the user.
-    builtin = build_data_optimizer(_settings(privacy="high"), photos64, torch.device("cpu")).identity
-    assert _settings(privacy="high").decoy == str(BUILTIN_DECOYS["iddm:composite"])
-    photos = [load_photo(p) for p in list_photos(BUILTIN_DECOYS["iddm:composite"])]
-    members = torch.stack(embed_photos(load_recognizer("sface"), photos, [detect_single_face(p) for p in photos]))
+    paths = [identity_photos[name][0] for name in ("biden", "sunak")]
+    for path in paths:
+        shutil.copy(path, folder / Path(path).name)
+    identity = build_data_optimizer(
+        _settings(privacy="high", decoy=str(folder)), photos64, torch.device("cpu")
+    ).identity
+    # The loss keeps the part of the mean decoy orthogonal to the user's anchor.
+    mean = torch.nn.functional.normalize(raw_embeddings(paths).mean(0), dim=0)
+    anchor = identity.anchors["sface"]
+    expected = torch.nn.functional.normalize(mean - (mean @ anchor) * anchor, dim=0)
+    assert torch.allclose(identity.decoys["sface"], expected, atol=1e-4)
+    assert abs(float(identity.decoys["sface"] @ anchor)) < 1e-5
+    # The built-in composite: five different strangers, none of them the user. No decoy by default.
+    assert _settings(privacy="high", decoy="iddm:composite").decoy == str(BUILTIN_DECOYS["iddm:composite"])
+    assert _settings(privacy="high").decoy is None
+    members = raw_embeddings(list_photos(BUILTIN_DECOYS["iddm:composite"]))
     assert len(members) == 5 and float((members @ members.T).triu(1).max()) < 0.363  # SFace's match threshold
-    assert float(builtin.decoys["sface"] @ builtin.anchors["sface"]) < 0.363
     assert _settings(privacy="high", decoy="none").decoy is None

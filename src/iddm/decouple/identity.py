@@ -15,7 +15,7 @@ stranger to ``f_k`` and nothing is rewarded; pushing below it buys no privacy, s
 budget, and makes the user *least* similar to their own generations, which an attacker who ranks the
 gallery backwards can see, so the loss pulls back up there (signed steps overshoot a one-sided hinge).
 With a decoy (targeted variant) both forms also subtract ``Σ_k w_k · mean_i cos(f_k(A_i(x_i)), d_k)``:
-pulling toward the decoy's embedding ``d_k``.
+pulling toward ``d_k``, the part of the decoy's embedding orthogonal to the user's anchor ``e_k``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class IdentityLoss:
         weights: one weight per surrogate.
         clean: ``(N, 3, R, R)`` clean training images in ``[0, 1]``.
         landmarks: ``(N, 5, 2)`` landmarks in the pixel coordinates of ``clean``.
-        decoys: optional ``{name: (D,)}`` unit embeddings of a decoy identity.
+        decoys: optional ``{name: (D,)}`` unit embeddings of a decoy identity (made orthogonal to the anchors).
         margins: ``{name: (m_k − s_k, m_k)}`` stranger bands for the calibrated loss; ``None``: unbounded.
     """
 
@@ -84,12 +84,17 @@ class IdentityLoss:
             r.name: FaceAligner(landmarks.cpu().numpy(), size, r.template, r.input_size, antialias=True)
             for r in self.recognizers
         }
-        self.decoys = decoys or {}
         with torch.no_grad():
             self.anchors = {
                 r.name: F.normalize(self.embed(r, clean, torch.arange(len(clean))).mean(0), dim=0)
                 for r in self.recognizers
             }
+        # The part of each decoy orthogonal to the user: pulling toward the decoy itself also pulls toward
+        # whatever it shares with the user (every face shares the "average face"), against the stranger band.
+        self.decoys = {
+            name: F.normalize(d - (d @ self.anchors[name].to(d)) * self.anchors[name].to(d), dim=0)
+            for name, d in (decoys or {}).items()
+        }
 
     def embed(self, recognizer: FaceRecognizer, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` embeddings of ``images`` ``(B, 3, R, R)``, which are versions of photos ``indices``."""

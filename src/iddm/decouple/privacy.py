@@ -13,8 +13,8 @@ Stage 1 fraction       0.5 + 0.25 p                0.58, 0.67, 0.75 of max_train
 lambda_gen, _data      1.0, 1.0                    identity loss on x̂0 and on the photos
 lambda_fid             0.01 (1 - p)                0.0067, 0.0034, 0 (MSE penalty, per 8-bit level²)
 lambda_model           0.0                         (Stage 2 model-side term, off)
-face jitter            0.2                         scale 1±0.2, ±12°, shift ±0.1 (input diversity)
-decoy                  iddm:composite              pull toward a composite of five strangers
+face jitter            0 (option)                  e.g. 0.2: scale 1±0.2, ±12°, shift ±0.1 (input diversity)
+decoy                  none (option)               e.g. iddm:composite: pull toward five strangers' mean
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
@@ -34,8 +34,6 @@ from iddm.faces import BUILTIN_DECOYS
 PRESETS = {"off": 0.0, "low": 0.33, "medium": 0.66, "high": 1.0}
 MAX_EPSILON = 16 / 255
 DIFFERENTIABLE_SURROGATES = ["sface", "facenet", "arcface"]
-
-DEFAULT_DECOY = "iddm:composite"
 
 DefenseName = Literal["iddm", "noise", "cloak", "aspl"]
 IdentityLossName = Literal["calibrated", "unbounded"]
@@ -93,17 +91,17 @@ class PrivacyConfig:
         choices=sorted(EOT_TRANSFORMS),
     )
     jitter: float = field(
-        0.2,
-        help="Input diversity: each data step moves the faces by a random scale (1±a), rotation (±60a degrees) "
-        "and shift (±a/2) before the surrogates, for transfer to FR models that align faces differently.",
+        0.0,
+        help="Input diversity (0: off; e.g. 0.2): each data step moves the faces by a random scale (1±a), "
+        "rotation (±60a degrees) and shift (±a/2) before the surrogates, for transfer to FR models that align "
+        "faces differently.",
         ge=0,
         lt=1,
     )
     decoy: str = field(
-        DEFAULT_DECOY,
-        help="Pull the faces toward a decoy as well as away from the user: 'iddm:composite' (built in: the mean "
-        "embedding of five ORL faces, nobody in particular), a photo, a folder of photos (their mean embedding), "
-        "or 'none'.",
+        "none",
+        help="Also pull the faces toward a decoy (its part orthogonal to the user): a photo, a folder of photos "
+        "(their mean embedding), 'iddm:composite' (built in: five ORL faces, nobody in particular) or 'none'.",
     )
     defense: DefenseName = field(
         "iddm",
