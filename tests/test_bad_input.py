@@ -350,6 +350,7 @@ option_case("lora_rank_0", ["--lora_rank", "0"], "--lora_rank must be >= 1, got 
 option_case("learning_rate_nan", ["--learning_rate", "nan"], "--learning_rate must be a finite number, got nan")
 option_case("eot_unknown", ["--eot", "unknown"], "argument --eot: invalid choice: 'unknown'")
 option_case("privacy_extreme", ["--privacy", "extreme"], "--privacy must be one of ['off', 'low', 'medium', 'high']")
+option_case("low_frequency_0", ["--low_frequency", "0"], "--low_frequency must be >= 1, got 0")
 option_case("jitter_1", ["--jitter", "1"], "--jitter must be < 1, got 1.0")
 option_case(
     "surrogates_per_step_3", ["--surrogates_per_step", "3"], "--surrogates_per_step is 3 but only 2 surrogates are set"

@@ -168,6 +168,21 @@ def test_calibrated_loss_stops_at_the_stranger_level_the_unbounded_loss_does_not
     assert level - 1.5 * spread < final["calibrated"] < level + 0.5 * spread  # decoupled, to a stranger
 
 
+def test_low_frequency_steps_keep_the_perturbation_smooth(photos32):
+    def roughness(delta: torch.Tensor) -> float:
+        """Share of δ's energy above the frequencies a 4 px block average keeps."""
+        smooth = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(delta, 4), size=delta.shape[-2:])
+        return float((delta - smooth).pow(2).sum() / delta.pow(2).sum())
+
+    result = {}
+    for factor in (1, 4):
+        settings = _settings(privacy="high", eot=[], lambda_gen=0.0, low_frequency=factor, step_size=2 / 255)
+        optimizer = build_data_optimizer(settings, photos32, torch.device("cpu"))
+        optimizer.run_round(PixelBackbone.from_scratch(32), photos32.images, "p", 3, torch.Generator().manual_seed(0))
+        result[factor] = roughness(optimizer.perturbation.delta)
+    assert result[4] < 0.5 * result[1]
+
+
 def test_stage2_model_side_term_changes_training(train_dir, tmp_path):
     common = {
         "photos": train_dir, "pretrained_model_name_or_path": "iddm:micro", "resolution": 32, "max_train_steps": 4,

@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from iddm.decouple.identity import IdentityLoss, load_margins
-from iddm.decouple.objective import OBJECTIVES, ObjectiveInputs, apply, signed_gradient_step, uniform_noise
+from iddm.decouple.objective import (
+    OBJECTIVES,
+    ObjectiveInputs,
+    apply,
+    low_frequency,
+    signed_gradient_step,
+    uniform_noise,
+)
 from iddm.decouple.privacy import PrivacySettings
 from iddm.decouple.transforms import sample_transform
 from iddm.diffusion import Backbone, TrainingPhotos
@@ -75,6 +82,7 @@ class DataOptimizer:
         delta = self.perturbation.delta.clone().requires_grad_(True)
         loss, logged = OBJECTIVES[self.settings.defense](inputs, delta)
         (gradient,) = torch.autograd.grad(loss, delta)
+        gradient = low_frequency(gradient, self.settings.low_frequency)
         with torch.no_grad():
             self.perturbation.delta = signed_gradient_step(
                 self.perturbation.delta, gradient, self.settings.step_size, inputs.clean, self.settings.epsilon

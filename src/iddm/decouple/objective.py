@@ -46,6 +46,15 @@ def signed_gradient_step(
     return project(delta - step_size * gradient.sign(), clean, epsilon)
 
 
+def low_frequency(gradient: torch.Tensor, factor: int) -> torch.Tensor:
+    """``gradient`` ``(N, C, H, W)`` averaged over ``factor × factor`` blocks and bilinearly upsampled back: steps
+    on it change only the low spatial frequencies, which other FR models and an autoencoder keep (1: unchanged)."""
+    if factor <= 1:
+        return gradient
+    pooled = F.avg_pool2d(gradient, factor, ceil_mode=True)
+    return F.interpolate(pooled, size=gradient.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def uniform_noise(clean: torch.Tensor, epsilon: float, generator: torch.Generator) -> torch.Tensor:
     """The noise control's ``δ ~ U[−ε, ε]`` (projected), drawn on ``generator`` (CPU)."""
     uniform = torch.rand(clean.shape, generator=generator).to(clean)

@@ -98,6 +98,12 @@ class PrivacyConfig:
         ge=0,
         lt=1,
     )
+    low_frequency: int = field(
+        1,
+        help="Step the perturbation only in its low spatial frequencies: the data-step gradient is averaged over "
+        "blocks of this many pixels (1: off; e.g. 4), for transfer to unseen FR models and the autoencoder.",
+        ge=1,
+    )
     decoy: str = field(
         "none",
         help="Also pull the faces toward a decoy (its part orthogonal to the user): a photo, a folder of photos "
@@ -157,6 +163,7 @@ class PrivacySettings:
     surrogates_per_step: int | None
     eot: tuple[str, ...]
     jitter: float
+    low_frequency: int
     decoy: str | None
     max_denoise_timestep: int
     defense: str = "iddm"
@@ -241,6 +248,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         surrogates_per_step=config.surrogates_per_step,
         eot=tuple(config.eot),
         jitter=config.jitter,
+        low_frequency=config.low_frequency,
         decoy=decoy_path(config.decoy),
         max_denoise_timestep=config.max_denoise_timestep,
         defense=config.defense,
