@@ -15,6 +15,8 @@ lambda_fid             0.01 (1 - p)                0.0067, 0.0034, 0 (MSE penalt
 lambda_model           0.0                         (Stage 2 model-side term, off)
 face jitter            0 (option)                  e.g. 0.2: scale 1±0.2, ±12°, shift ±0.1 (input diversity)
 decoy                  none (option)               e.g. iddm:composite: pull toward five strangers' mean
+low frequency          1 (option)                  e.g. 4: step δ in 4x4-block structure only
+surrogates per step    all (option)                e.g. 1: one surrogate per identity term, at random
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
