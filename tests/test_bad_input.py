@@ -387,6 +387,9 @@ option_case(
     "--surrogate_weights has 3 values",
 )
 option_case("decoy_missing", ["--privacy", "low", "--decoy", "no_such_decoy.jpg"], "--decoy no_such_decoy.jpg is not")
+case("decoy_folder_without_photos", "is a folder without photos")(
+    lambda ws: ws.personalize(ws.photos("obama_1", "obama_2"), "--privacy", "low", "--decoy", ws.folder("empty"))
+)
 option_case(
     "report_to_wandb_not_installed",
     ["--report_to", "wandb"],

@@ -32,6 +32,7 @@ from typing import Literal
 from iddm.config import field
 from iddm.decouple.transforms import EOT_TRANSFORMS
 from iddm.faces import BUILTIN_DECOYS
+from iddm.images import IMAGE_EXTENSIONS
 
 PRESETS = {"off": 0.0, "low": 0.33, "medium": 0.66, "high": 1.0}
 MAX_EPSILON = 16 / 255
@@ -132,8 +133,12 @@ class PrivacyConfig:
             problems.append(
                 f"--surrogate_weights has {len(self.surrogate_weights)} values for {len(self.surrogates)} surrogates"
             )
-        if decoy_path(self.decoy) is not None and not Path(decoy_path(self.decoy)).exists():
+        decoy = decoy_path(self.decoy)
+        if decoy is not None and not Path(decoy).exists():
             problems.append(f"--decoy {self.decoy} is not a photo file or folder")
+        elif decoy is not None and Path(decoy).is_dir():
+            if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in Path(decoy).iterdir()):
+                problems.append(f"--decoy {self.decoy} is a folder without photos")
         if self.surrogates_per_step is not None and self.surrogates_per_step > len(self.surrogates):
             problems.append(
                 f"--surrogates_per_step is {self.surrogates_per_step} but only {len(self.surrogates)} "
