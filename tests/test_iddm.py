@@ -242,3 +242,20 @@ def test_a_folder_decoy_is_the_mean_of_its_photos_embeddings_orthogonal_to_the_u
     members = raw_embeddings(list_photos(BUILTIN_DECOYS["iddm:composite"]))
     assert len(members) == 5 and float((members @ members.T).triu(1).max()) < 0.363  # SFace's match threshold
     assert _settings(privacy="high", decoy="none").decoy is None
+
+
+def test_bf16_surrogates_agree_with_fp32(photos64):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        settings = _settings(privacy="high", surrogates=["sface", "facenet"], surrogate_precision=precision)
+        identity = build_data_optimizer(settings, photos64, torch.device("cpu")).identity
+        images = (photos64.images + 0.03 * torch.randn(photos64.images.shape, generator=torch.Generator())).clamp(0, 1)
+        images.requires_grad_(True)
+        loss, cosines = identity(images, torch.arange(len(images)))
+        (gradient,) = torch.autograd.grad(loss, images)
+        losses[precision] = (loss.item(), cosines, gradient.sign())
+    (fp32, cos32, sign32), (bf16, cos16, sign16) = losses["fp32"], losses["bf16"]
+    assert all(abs(cos32[name] - cos16[name]) < 0.03 for name in cos32)
+    assert abs(fp32 - bf16) < 0.03
+    # A signed-gradient step moves (almost) every pixel the same way in either precision.
+    assert (sign32 == sign16).float().mean() > 0.8

@@ -150,5 +150,7 @@ def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, devi
     decoys = _decoy_embeddings(settings.decoy, recognizers) if settings.decoy else None
     margins = load_margins(recognizers) if settings.identity_loss == "calibrated" else None
     clean = photos.images.to(device)
-    identity = IdentityLoss(recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins)
+    identity = IdentityLoss(
+        recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins, settings.surrogate_precision
+    )
     return DataOptimizer(settings, identity, Perturbation(clean.shape, device))

@@ -62,6 +62,8 @@ class IdentityLoss:
         landmarks: ``(N, 5, 2)`` landmarks in the pixel coordinates of ``clean``.
         decoys: optional ``{name: (D,)}`` unit embeddings of a decoy identity (made orthogonal to the anchors).
         margins: ``{name: (m_k − s_k, m_k)}`` stranger bands for the calibrated loss; ``None``: unbounded.
+        precision: ``"fp32"``, or ``"bf16"`` to run the surrogates under bfloat16 autocast (embeddings
+            returned in float32).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class IdentityLoss:
         landmarks: torch.Tensor,
         decoys: dict[str, torch.Tensor] | None = None,
         margins: dict[str, Band] | None = None,
+        precision: str = "fp32",
     ):
         for recognizer in recognizers:
             if not recognizer.differentiable:
@@ -79,6 +82,7 @@ class IdentityLoss:
         self.recognizers = list(recognizers)
         self.weights = list(weights)
         self.margins = margins
+        self.autocast = precision == "bf16"
         size = tuple(clean.shape[-2:])
         self.aligners = {
             r.name: FaceAligner(landmarks.cpu().numpy(), size, r.template, r.input_size, antialias=True)
@@ -99,7 +103,8 @@ class IdentityLoss:
     def embed(self, recognizer: FaceRecognizer, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` embeddings of ``images`` ``(B, 3, R, R)``, which are versions of photos ``indices``."""
         crops = self.aligners[recognizer.name](images, indices)
-        return recognizer.embed(crops)
+        with torch.autocast(crops.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return recognizer.embed(crops).float()
 
     def cosines(self, images: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per surrogate, ``(B,)`` cosine of each image's face to the user's anchor."""
