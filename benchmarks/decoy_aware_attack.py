@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["sface", "facenet", "dlib"], help="FR models.")
     args = parser.parse_args()
     recognizers = load_backends(args.backends)
-    identities = [i for i in discover_dataset(args.dataset)]
+    identities = discover_dataset(args.dataset)
     faces = embed_identities(identities, recognizers)
     decoy_photos = [load_photo(p) for p in list_photos(decoy_path(args.decoy))]
     decoy = embed_images(decoy_photos, list(recognizers.values()))

@@ -24,8 +24,7 @@ from iddm.decouple.objective import (
 from iddm.decouple.privacy import PrivacySettings
 from iddm.decouple.transforms import sample_transform
 from iddm.diffusion import Backbone, TrainingPhotos
-from iddm.diffusion.data import to_tensor
-from iddm.faces import align_crop, detect_single_face, load_recognizer
+from iddm.faces import detect_single_face, embed_photos, load_recognizer
 from iddm.fidelity import mean_psnr_ssim
 from iddm.images import atomic_write_safetensors, list_photos, load_photo
 
@@ -132,16 +131,9 @@ def _decoy_embeddings(path: str, recognizers) -> dict[str, torch.Tensor]:
     """Unit embeddings of the decoy under each surrogate: of one photo's face, or the normalized mean over a
     folder's photos (photos of several people make a composite that is nobody in particular)."""
     paths = list_photos(path) if Path(path).is_dir() else [Path(path)]
-    crops: dict[str, list[torch.Tensor]] = {r.name: [] for r in recognizers}
-    for photo_path in paths:
-        photo = load_photo(photo_path)
-        face = detect_single_face(photo, source=str(photo_path))
-        for recognizer in recognizers:
-            crops[recognizer.name].append(
-                to_tensor(align_crop(photo, face.landmarks, recognizer.template, recognizer.input_size))
-            )
-    with torch.no_grad():
-        return {r.name: F.normalize(r.embed(torch.stack(crops[r.name])).mean(0), dim=0) for r in recognizers}
+    photos = [load_photo(p) for p in paths]
+    faces = [detect_single_face(photo, source=str(p)) for photo, p in zip(photos, paths)]
+    return {r.name: F.normalize(torch.stack(embed_photos(r, photos, faces)).mean(0), dim=0) for r in recognizers}
 
 
 def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, device: torch.device) -> DataOptimizer:

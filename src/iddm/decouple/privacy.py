@@ -26,7 +26,7 @@ The objectives themselves are in :mod:`iddm.decouple.objective` (and ``docs/desi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -242,7 +242,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
     weights = (
         tuple(config.surrogate_weights) if config.surrogate_weights else (1.0 / len(surrogates),) * len(surrogates)
     )
-    return PrivacySettings(
+    settings = PrivacySettings(
         level=level,
         label=label,
         epsilon=epsilon,
@@ -269,3 +269,5 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         defense=config.defense,
         cloak_steps=config.cloak_steps,
     )
+    # Only the identity objectives (iddm, cloak) pull toward a decoy; elsewhere it is not loaded nor recorded.
+    return settings if settings.white_box else replace(settings, decoy=None)

@@ -91,9 +91,8 @@ def finalize(trainer: Trainer, wall_seconds: float) -> None:
         resolution=trainer.backbone.resolution,
         instance_prompt=config.instance_prompt,
         defense=privacy.defense_name,
-        # The decoy's file path stays private (the run's log has it); the model says only whether one was used
-        # (only the identity objectives of iddm and cloak use it).
-        privacy={**privacy.as_dict(), "decoy": privacy.decoy is not None and bool(privacy.white_box)},
+        # The decoy's file path stays private (the run's log has it); the model says only that one was used.
+        privacy={**privacy.as_dict(), "decoy": privacy.decoy is not None},
         surrogates=privacy.white_box,
     )
     with atomic_folder(output_dir / MODEL_DIR) as model_dir:
