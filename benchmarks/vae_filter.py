@@ -24,6 +24,7 @@ import torch
 
 from iddm.diffusion import DEFAULT_MODEL, load_backbone
 from iddm.evaluate.attacker import load_backends
+from iddm.evaluate.cells import CELL_FILE, load_cell
 from iddm.evaluate.linkability import embed_images
 from iddm.evaluate.utility import perturbation_pairs
 from iddm.images import atomic_write_json
@@ -75,8 +76,11 @@ def main() -> int:
     per_method: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
-    for cell in sorted((args.benchmark / "cells").glob(f"*/*-{args.level}")):
-        method = cell.name.removesuffix(f"-{args.level}")
+    for finished in sorted((args.benchmark / "cells").glob(f"*/*/{CELL_FILE}")):
+        cell, record = finished.parent, load_cell(finished.parent)
+        if record.level != args.level:
+            continue
+        method = record.method
         run = cell / "aspl_perturbation" if method == "aspl" else cell / "run"
         pairs, note = perturbation_pairs(run)
         if not pairs:

@@ -138,7 +138,7 @@ def test_failed_cells_are_recorded_and_only_they_are_retried(tmp_path, identity_
     (broken / "b.jpg").write_bytes(identity_photos["ardern"][0].read_bytes())
     out = tmp_path / "out"
     stop, killed = threading.Event(), []
-    broken_error = out / "cells" / "broken" / "vanilla-off" / "error.json"  # fails at once: no face to train on
+    broken_error = out / "cells" / "broken" / "vanilla-off-seed0" / "error.json"  # fails at once: no face to train on
     killer = threading.Thread(target=_kill_first_cell_worker, args=(stop, killed, broken_error))
     killer.start()
     try:
@@ -158,10 +158,10 @@ def test_failed_cells_are_recorded_and_only_they_are_retried(tmp_path, identity_
     assert "Worker" in rows[crashed]["error"] or "died" in rows[crashed]["error"], rows[crashed]["error"]
     assert (
         "failed" in (out / "results.md").read_text()
-        and (out / "cells" / "broken" / "vanilla-off" / "error.json").is_file()
+        and (out / "cells" / "broken" / "vanilla-off-seed0" / "error.json").is_file()
     )
     (survivor,) = {"macron", "obama"} - failed
-    finished = out / "cells" / survivor / "vanilla-off" / "cell.json"
+    finished = out / "cells" / survivor / "vanilla-off-seed0" / "cell.json"
     stamp = finished.stat().st_mtime_ns
 
     save_png(broken / "a.png", load_photo(identity_photos["ardern"][1]))  # mend the folder, rerun sequentially

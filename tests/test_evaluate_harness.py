@@ -22,6 +22,7 @@ from iddm.config import build_config
 from iddm.evaluate.cells import plan_cells
 from iddm.evaluate.dataset import Identity, discover_dataset
 from iddm.evaluate.linkability import FaceSet, subset
+from iddm.evaluate.render import aggregate
 from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS
 from iddm.images import save_png
 from iddm.schedule import PersonalizeConfig, personalize
@@ -316,9 +317,9 @@ def test_benchmark_writes_every_artifact(benchmark_out):
     assert roles["sunak"]["role"] == "distractor" and roles["macron"]["train"] == ["macron_1.jpg"]
     for identity in ("obama", "macron", "ardern"):
         for method in METHODS:
-            cell = out / "cells" / identity / f"{method}-{'off' if method == 'vanilla' else 'high'}"
+            cell = out / "cells" / identity / f"{method}-{'off' if method == 'vanilla' else 'high'}-seed0"
             assert (cell / "cell.json").is_file() and len(list((cell / "images").glob("image_*.png"))) == 2
-    aspl = out / "cells" / "obama" / "aspl-high"
+    aspl = out / "cells" / "obama" / "aspl-high-seed0"
     assert json.loads((aspl / "aspl_perturbation" / "iddm_run.json").read_text())["model"]["defense"] == "aspl"
     second = json.loads((aspl / "run" / "iddm_run.json").read_text())
     assert second["config"]["perturbation_from"] == str(aspl / "aspl_perturbation")
@@ -338,7 +339,7 @@ def test_benchmark_rerun_skips_finished_cells(benchmark_out, dataset, personaliz
     assert {p: p.stat().st_mtime_ns for p in runs_before} == runs_before
 
     # A cell interrupted after training reuses its finished run: only generation and evaluation are redone.
-    interrupted = benchmark_out / "cells" / "macron" / "cloak-high"
+    interrupted = benchmark_out / "cells" / "macron" / "cloak-high-seed0"
     record = json.loads((interrupted / "cell.json").read_text())
     (interrupted / "cell.json").unlink()
     caplog.clear()
@@ -376,16 +377,47 @@ def test_benchmark_anti_dreambooth_layout(identity_photos, tmp_path):
     assert [p.name for p in identities["obama"].train] == ["obama_1.jpg", "obama_2.jpg"]
     assert [p.name for p in identities["obama"].reference] == ["obama_4.jpg"]
     assert not identities["ardern"].is_user and len(identities["ardern"].photos) == 2
-    assert [(c.identity, c.name) for c in plan_cells(list(identities.values()), ["vanilla"], ["high"])] == [
-        ("macron", "vanilla-off"),
-        ("obama", "vanilla-off"),
+    assert [(c.identity, c.name) for c in plan_cells(list(identities.values()), ["vanilla"], ["high"], [0, 1])] == [
+        ("macron", "vanilla-off-seed0"),
+        ("macron", "vanilla-off-seed1"),
+        ("obama", "vanilla-off-seed0"),
+        ("obama", "vanilla-off-seed1"),
     ]
     out = tmp_path / "out"
     args = ["benchmark", "--dataset", str(root), "--output_dir", str(out), *TINY_BENCHMARK, "--methods", "vanilla"]
-    assert main(args + ["--backends", "sface"]) == 0
-    record = json.loads((out / "cells" / "obama" / "vanilla-off" / "cell.json").read_text())
+    assert main(args + ["--backends", "sface", "--seeds", "0", "1"]) == 0
+    record = json.loads((out / "cells" / "obama" / "vanilla-off-seed0" / "cell.json").read_text())
     assert record["backends"]["sface"]["chance_rank1"] == pytest.approx(1 / 3)  # user, macron, ardern
     assert record["backends"]["sface"]["role"] == "black-box"
+    # Each seed is its own personalization run: seeded with it, and drawing other images.
+    cells = {seed: out / "cells" / "obama" / f"vanilla-off-seed{seed}" for seed in (0, 1)}
+    for seed, cell in cells.items():
+        assert json.loads((cell / "run" / "iddm_run.json").read_text())["config"]["seed"] == seed
+    first, second = (np.asarray(Image.open(c / "images" / "image_0000.png")) for c in cells.values())
+    assert np.abs(first.astype(int) - second.astype(int)).max() > 0
+    with open(out / "results.csv", newline="") as handle:
+        assert sorted((r["identity"], r["seed"]) for r in csv.DictReader(handle)) == [
+            ("macron", "0"), ("macron", "1"), ("obama", "0"), ("obama", "1")
+        ]  # fmt: skip
+    table = (out / "results.md").read_text()
+    assert "## Run-to-run spread" in table and "| vanilla | off | 2 | 2 |" in table  # 2 identities, 2 seeds each
+
+
+def test_aggregate_averages_each_identity_over_its_seeds_first():
+    rows = [
+        {"identity": "a", "method": "iddm", "level": "high", "seed": 0, "status": "done", "dlib_r1u": 0.0},
+        {"identity": "a", "method": "iddm", "level": "high", "seed": 1, "status": "done", "dlib_r1u": 1.0},
+        {"identity": "a", "method": "iddm", "level": "high", "seed": 2, "status": "done", "dlib_r1u": 0.5},
+        {"identity": "b", "method": "iddm", "level": "high", "seed": 0, "status": "done", "dlib_r1u": 0.1},
+        {"identity": "b", "method": "iddm", "level": "high", "seed": 1, "status": "failed", "error": "x"},
+    ]
+    (mean,) = aggregate(rows)
+    assert mean["identities"] == 2 and mean["seeds"] == 3
+    assert mean["dlib_r1u"] == pytest.approx((0.5 + 0.1) / 2)  # not (0 + 1 + 0.5 + 0.1) / 4
+    assert mean["dlib_r1u_sd"] == pytest.approx(np.std([0.5, 0.1], ddof=1))
+    assert mean["dlib_r1u_seed_sd"] == pytest.approx(0.5)  # identity a's spread; b has one finished seed
+    (single,) = aggregate([r for r in rows if r["seed"] == 0])
+    assert single["seeds"] == 1 and single["dlib_r1u_seed_sd"] is None
 
 
 def test_dataset_and_cell_planning_errors(tmp_path, identity_photos):

@@ -92,7 +92,12 @@ class BenchmarkConfig:
     prompts: list[str] = field(
         [], help="Prompts added to the 3 standard ones (iddm:face-prior and iddm:micro use the instance prompt only)."
     )
-    seed: int = field(0, help="Personalization seed, shared by every cell.", ge=0)
+    seeds: list[int] = field(
+        [0],
+        help="Personalization seeds: every cell runs once per seed. Several seeds separate a method's effect from "
+        "run-to-run variation; the mean table averages each identity over its seeds first.",
+        ge=0,
+    )
     generation_seed: int = field(1000, help="Generation seed, shared by every cell (image i uses seed + i).", ge=0)
     num_inference_steps: int = field(25, help="DDIM steps for generation and validation grids.", ge=1, le=1000)
     guidance_scale: float | None = field(None, help="Classifier-free guidance (default: 7.5 for SD, 1 micro).", ge=0)
@@ -115,7 +120,10 @@ class BenchmarkConfig:
     )
 
     def problems(self) -> list[str]:
-        return [] if self.levels else ["--levels needs at least one privacy level"]
+        problems = [] if self.levels else ["--levels needs at least one privacy level"]
+        if not self.seeds:
+            problems.append("--seeds needs at least one seed")
+        return problems
 
     @property
     def uses_ray(self) -> bool:
@@ -123,10 +131,11 @@ class BenchmarkConfig:
 
 
 RESULT_SETTINGS = (
-    "dataset model max_train_steps resolution surrogates backends num_images prompts seed generation_seed "
+    "dataset model max_train_steps resolution surrogates backends num_images prompts generation_seed "
     "num_inference_steps guidance_scale robustness clip_model"
 ).split()
-"""What every cell's result depends on (methods and levels excluded: adding some later reuses finished cells)."""
+"""What every cell's result depends on (methods, levels and seeds excluded: adding some later reuses finished
+cells)."""
 
 
 def _settings(config: BenchmarkConfig, extra: dict) -> dict:
@@ -156,7 +165,6 @@ def cell_plan(config: BenchmarkConfig, extra: dict, output_dir: Path, torch_thre
         "max_train_steps": config.max_train_steps,
         "resolution": config.resolution,
         "surrogates": config.surrogates,
-        "seed": config.seed,
         "min_photos": 1,
         "skip_bad_photos": True,
         "validation_steps": 0,
@@ -203,14 +211,14 @@ def run_cells_sequentially(
 
 
 def stalker_pools(records: Sequence[CellRecord], output_dir: Path) -> list[CellRecord]:
-    """The records with R1-T recomputed on pools of generations (other identities, same method and level).
+    """The records with R1-T recomputed on pools of generations (other identities, same method, level and seed).
 
-    A record with no other identity's cell of its method and level keeps R1-T on real photos.
+    A record with no other identity's cell of its method, level and seed keeps R1-T on real photos.
     """
-    groups: dict[tuple[str, str], list[CellRecord]] = {}
+    groups: dict[tuple[str, str, int], list[CellRecord]] = {}
     for record in records:
-        groups.setdefault((record.method, record.level), []).append(record)
-    folders = {id(r): Cell(r.identity, r.method, r.level).folder(output_dir) for r in records}
+        groups.setdefault((record.method, record.level, record.seed), []).append(record)
+    folders = {id(r): Cell.of(r).folder(output_dir) for r in records}
     probes = {key: load_probes(folder / PROBES_FILE) for key, folder in folders.items()}
     for group in groups.values():
         for record in group:
@@ -267,8 +275,8 @@ def write_results(
 def _notes(config: BenchmarkConfig, headline: str, records: Sequence[CellRecord]) -> list[str]:
     pools = {m.rank1_targeted_pool for r in records for m in r.backends.values()} - {None}
     notes = [
-        f"{config.max_train_steps or 'recommended'} personalization steps, {config.num_images} images per cell "
-        f"(generation seed "
+        f"{config.max_train_steps or 'recommended'} personalization steps (seed{'s' if len(config.seeds) > 1 else ''} "
+        f"{', '.join(map(str, config.seeds))}), {config.num_images} images per cell (generation seed "
         f"{config.generation_seed}); attacked by {', '.join(config.backends)}; optimizer surrogates "
         f"{', '.join(config.surrogates)}.",
         "Each FR column: R1-U (nearest gallery identity is the user) / rank-last (the user is the least similar "
@@ -303,7 +311,7 @@ def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], 
             f"--personalize_config may not set {sorted(RESERVED_OPTIONS & set(extra))}: the benchmark sets them."
         )
     identities = discover_dataset(config.dataset)
-    cells = plan_cells(identities, config.methods, config.levels)
+    cells = plan_cells(identities, config.methods, config.levels, config.seeds)
     settings = _settings(config, extra)
     output_dir = Path(config.output_dir)
     _check_settings(output_dir, settings)
@@ -357,7 +365,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[CellRecord | CellFailure]:
             run_cells_sequentially(pending, identities, faces, plan)
     outcomes = collect(cells, output_dir)
     records = stalker_pools([o for o in outcomes if isinstance(o, CellRecord)], output_dir)
-    by_key = {(r.identity, r.method, r.level): r for r in records}
-    outcomes = [by_key.get((o.identity, o.method, o.level), o) for o in outcomes]
+    by_cell = {Cell.of(r): r for r in records}
+    outcomes = [by_cell.get(Cell.of(o), o) for o in outcomes]
     write_results(outcomes, config, identities, settings, output_dir)
     return outcomes

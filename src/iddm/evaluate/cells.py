@@ -1,6 +1,7 @@
 """Benchmark cells: planning, running one cell, and the files that make cells resumable.
 
-A *cell* is one identity x method x privacy level. Its folder ``OUT/cells/<id>/<method>-<level>/``
+A *cell* is one identity x method x privacy level x personalization seed. Its folder
+``OUT/cells/<id>/<method>-<level>-seed<N>/``
 holds ``run/`` (and ``aspl_perturbation/``), ``images/``, ``cell.log`` (everything the cell logged)
 and, when it ends, either ``cell.json`` (a :class:`iddm.evaluate.results.CellRecord`: finished, never
 recomputed) with ``probes.npz`` (the attacker's embeddings of its generations and of the user's
@@ -31,7 +32,7 @@ from iddm.config import build_config
 from iddm.evaluate.attacker import attacker_knowledge, load_backends, roles
 from iddm.evaluate.dataset import Identity
 from iddm.evaluate.linkability import FaceSet, embed_images, subset
-from iddm.evaluate.results import CellFailure, CellRecord, WallSeconds, from_json, to_json
+from iddm.evaluate.results import CellFailure, CellRecord, WallSeconds, cell_name, from_json, to_json
 from iddm.evaluate.utility import ssim_to_vanilla
 from iddm.faces import FaceRecognizer
 from iddm.images import PhotoError, atomic_write_bytes, atomic_write_json, load_photo
@@ -62,10 +63,21 @@ class Cell:
     identity: str
     method: str
     level: str
+    seed: int = 0
+
+    @classmethod
+    def of(cls, record: CellRecord | CellFailure) -> Cell:
+        """The cell a finished or failed record belongs to."""
+        return cls(record.identity, record.method, record.level, record.seed)
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.level}"
+        return cell_name(self)
+
+    @property
+    def vanilla(self) -> Cell:
+        """The vanilla cell this cell is compared with: same identity and seed."""
+        return Cell(self.identity, "vanilla", "off", self.seed)
 
     @property
     def label(self) -> str:
@@ -81,8 +93,11 @@ class Cell:
         return "failed" if (folder / ERROR_FILE).is_file() else "missing"
 
 
-def plan_cells(identities: Sequence[Identity], methods: Sequence[str], levels: Sequence[str]) -> list[Cell]:
-    """Every (identity, method, level) to run: vanilla once per identity (level ``off``), the others per level."""
+def plan_cells(
+    identities: Sequence[Identity], methods: Sequence[str], levels: Sequence[str], seeds: Sequence[int] = (0,)
+) -> list[Cell]:
+    """Every (identity, method, level, seed) to run: vanilla once per identity and seed (level ``off``), the
+    others per level and seed."""
     from iddm.decouple.privacy import parse_level
 
     unknown = sorted(set(methods) - set(METHODS) - set(EXTRA_METHODS))
@@ -95,12 +110,10 @@ def plan_cells(identities: Sequence[Identity], methods: Sequence[str], levels: S
     for identity in identities:
         if not identity.is_user:
             continue
-        for method in dict.fromkeys(methods):
-            cells += (
-                [Cell(identity.name, method, "off")]
-                if method == "vanilla"
-                else [Cell(identity.name, method, level) for level in dict.fromkeys(levels)]
-            )
+        for seed in dict.fromkeys(seeds):
+            for method in dict.fromkeys(methods):
+                for level in ["off"] if method == "vanilla" else dict.fromkeys(levels):
+                    cells.append(Cell(identity.name, method, level, seed))
     return cells
 
 
@@ -198,7 +211,7 @@ def train_cell(cell: Cell, plan: CellPlan, photos: Path, folder: Path) -> tuple[
     A run reused from an interrupted invocation reports the training-loop seconds of its log.
     """
     run_dir = folder / "run"
-    base = {**plan.personalize, "photos": photos}
+    base = {**plan.personalize, "photos": photos, "seed": cell.seed}
     if cell.method == "vanilla":
         return run_dir, _personalize({**base, "output_dir": run_dir, "privacy": "off"})
     if cell.method == "aspl":
@@ -223,7 +236,7 @@ def with_ssim_to_vanilla(record: CellRecord, output_dir: Path) -> CellRecord:
     """
     if record.method == "vanilla" or record.utility.ssim_to_vanilla is not None:
         return record
-    vanilla = _load_generations(Cell(record.identity, "vanilla", "off").folder(output_dir) / "images")
+    vanilla = _load_generations(Cell.of(record).vanilla.folder(output_dir) / "images")
     images = _load_generations(Path(output_dir) / record.images_dir)  # relative to the benchmark's folder
     if vanilla is None or images is None:
         return record
@@ -297,7 +310,7 @@ def run_cell(cell: Cell, identity: Identity, faces: Mapping[str, FaceSet], plan:
     reference, gallery = identity_knowledge(identity, faces)
     vanilla = None
     if cell.method != "vanilla":
-        vanilla = _load_generations(Cell(cell.identity, "vanilla", "off").folder(output_dir) / "images")
+        vanilla = _load_generations(cell.vanilla.folder(output_dir) / "images")
     evaluation, probes = evaluate_images(
         images,
         reference,
@@ -317,6 +330,7 @@ def run_cell(cell: Cell, identity: Identity, faces: Mapping[str, FaceSet], plan:
         identity=cell.identity,
         method=cell.method,
         level=cell.level,
+        seed=cell.seed,
         defense=run.model.defense if cell.method != "aspl" else "aspl",
         white_box=sorted(k for k, role in roles(run_dir, recognizers).items() if role == "white-box"),
         run_dir=str(run_dir.relative_to(output_dir)),
@@ -356,9 +370,8 @@ def _cell_log(path: Path, capture_output: bool):
 def record_failure(cell: Cell, output_dir: Path, error: str, seconds: float = 0.0) -> CellFailure:
     """Write the cell's ``error.json`` (a later run retries the cell) and return it."""
     folder = cell.folder(output_dir)
-    failure = CellFailure(
-        cell.identity, cell.method, cell.level, error, str((folder / LOG_NAME).relative_to(output_dir)), seconds
-    )
+    log = str((folder / LOG_NAME).relative_to(output_dir))
+    failure = CellFailure(cell.identity, cell.method, cell.level, error, log, seconds, cell.seed)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / ERROR_FILE, to_json(failure))
     return failure

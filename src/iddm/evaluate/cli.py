@@ -26,7 +26,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from iddm.evaluate.benchmark import run_benchmark
-    from iddm.evaluate.results import CellFailure
+    from iddm.evaluate.results import CellFailure, cell_name
 
     config = config_from_namespace(BenchmarkConfig, args)
     outcomes = run_benchmark(config)
@@ -40,8 +40,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     if failed:
         print_error(
             "benchmark",
-            f"{len(failed)} of {len(outcomes)} cells failed (first: {failed[0].identity}/{failed[0].method}-"
-            f"{failed[0].level}: {failed[0].error}); see results.md and each cell's cell.log, then rerun the same "
+            f"{len(failed)} of {len(outcomes)} cells failed (first: {failed[0].identity}/{cell_name(failed[0])}: "
+            f"{failed[0].error}); see results.md and each cell's cell.log, then rerun the same "
             "command to retry only those",
         )
         return 1

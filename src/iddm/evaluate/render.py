@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from iddm.evaluate.report import fmt, html_document, html_image, html_table, markdown_table
-from iddm.evaluate.results import SIGNIFICANCE_SE, BackendLinkability, CellFailure, CellRecord, EvaluateReport
+from iddm.evaluate.results import (
+    SIGNIFICANCE_SE,
+    BackendLinkability,
+    CellFailure,
+    CellRecord,
+    EvaluateReport,
+    cell_name,
+)
 from iddm.images import load_photo, make_grid
 from iddm.run_layout import PRIVATE_DIR, TRAINING_PHOTOS_DIR
 
@@ -224,21 +231,31 @@ def _mean(values: Sequence[Any]) -> float | None:
 
 
 def _spread(values: Sequence[Any]) -> float | None:
-    """Standard deviation over identities (``None`` under two)."""
+    """Sample standard deviation (``None`` under two values)."""
     numbers = _numbers(values)
     return float(np.std(numbers, ddof=1)) if len(numbers) > 1 else None
 
 
+_LABEL_COLUMNS = ("identity", "method", "level", "seed", "defense", "white_box", "status", "error")
+
+
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean (and, as ``<column>_sd``, the spread) of every numeric ``results.csv`` column over identities, per
-    (method, level), for finished cells."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    """Every numeric ``results.csv`` column per (method, level), over the finished cells.
+
+    Each identity's cells are averaged over its seeds first, so an identity counts once however many seeds
+    it ran: ``<column>`` is the mean over identities, ``<column>_sd`` the spread across identities, and
+    ``<column>_seed_sd`` the run-to-run spread (standard deviation across seeds, averaged over identities;
+    ``None`` with one seed).
+    """
+    groups: dict[tuple[str, str], dict[str, list[Mapping[str, Any]]]] = {}
     for row in rows:
         if row["status"] == "done":
-            groups.setdefault((row["method"], row["level"]), []).append(row)
+            groups.setdefault((row["method"], row["level"]), {}).setdefault(row["identity"], []).append(row)
     means = []
-    for (method, level), group in groups.items():
-        mean: dict[str, Any] = {"method": method, "level": level, "identities": len(group)}
+    for (method, level), by_identity in groups.items():
+        group = [row for cells in by_identity.values() for row in cells]
+        seeds = max(len(cells) for cells in by_identity.values())
+        mean: dict[str, Any] = {"method": method, "level": level, "identities": len(by_identity), "seeds": seeds}
         for column in dict.fromkeys(c for r in group for c in r):
             values = [r.get(column) for r in group]
             if column.endswith(("_role", "_r1t_pool")):
@@ -246,8 +263,11 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 mean[column] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
             elif column.endswith("_flags"):
                 mean[column] = sum(bool(v) for v in values)
-            elif column not in ("identity", "method", "level", "defense", "white_box", "status", "error"):
-                mean[column], mean[f"{column}_sd"] = _mean(values), _spread(values)
+            elif column not in _LABEL_COLUMNS:
+                per_identity = [[r.get(column) for r in cells] for cells in by_identity.values()]
+                mean[column] = _mean([_mean(v) for v in per_identity])
+                mean[f"{column}_sd"] = _spread([_mean(v) for v in per_identity])
+                mean[f"{column}_seed_sd"] = _mean([_spread(v) for v in per_identity]) if seeds > 1 else None
         means.append(mean)
     return means
 
@@ -272,15 +292,16 @@ def _with_spread(row: Mapping[str, Any], column: str, digits: int = 2) -> str:
 def benchmark_table(
     rows: Sequence[Mapping[str, Any]], keys: Sequence[str], with_identity: bool
 ) -> tuple[list[str], list[list[str]]]:
-    """The per-identity (``with_identity``) or mean table of ``results.md`` and ``report.html``."""
-    header = (["identity"] if with_identity else []) + ["method", "level"] + ([] if with_identity else ["n"])
+    """The per-cell (``with_identity``) or mean table of ``results.md`` and ``report.html``."""
+    header = (["identity"] if with_identity else []) + ["method", "level"]
+    header += ["seed"] if with_identity else ["identities", "seeds"]
     header += [f"{k} R1-U / last / z / ISM / match" for k in keys]
     header += ["R1-U chance", "face det.", "BRISQUE", "PSNR dB", "SSIM", "SSIM→vanilla", "wall s"]
-    header += ["flags"] if with_identity else ["flagged identities"]
+    header += ["flags"] if with_identity else ["flagged cells"]
     body = []
     for row in rows:
         cells = ([row["identity"]] if with_identity else []) + [row["method"], row["level"]]
-        cells += [] if with_identity else [str(row["identities"])]
+        cells += [str(row.get("seed", ""))] if with_identity else [str(row["identities"]), str(row["seeds"])]
         if row.get("status") == "failed":
             body.append(cells + ["failed: " + str(row.get("error", ""))[:120]] + [""] * (len(header) - len(cells) - 1))
             continue
@@ -309,8 +330,26 @@ def benchmark_table(
     return header, body
 
 
+def seed_spread_table(means: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Run-to-run spread per (method, level) with several seeds: the standard deviation across seeds of each
+    identity's result, averaged over identities (rows of :func:`aggregate`; empty when every group has one seed)."""
+    header = ["method", "level", "seeds"] + [f"{k} R1-U / z / match" for k in keys] + ["face det.", "wall s"]
+    body = [
+        [row["method"], row["level"], str(row["seeds"])]
+        + [" / ".join(fmt(row.get(f"{k}_{m}_seed_sd")) for m in ("r1u", "user_z", "match_rate")) for k in keys]
+        + [fmt(row.get("face_detection_rate_seed_sd")), fmt(row.get("wall_s_seed_sd"), 0)]
+        for row in means
+        if row["seeds"] > 1
+    ]
+    return header, body
+
+
+SEED_SPREAD_TITLE = "Run-to-run spread (standard deviation across seeds, mean over identities)"
+MEAN_TITLE = "Mean over identities (each identity averaged over its seeds; ±: standard deviation across identities)"
+
+
 def benchmark_flag_lines(records: Sequence[CellRecord]) -> list[str]:
-    return [line for r in records for line in flag_lines(f"{r.identity} {r.method}-{r.level}, ", r.backends)]
+    return [line for r in records for line in flag_lines(f"{r.identity} {cell_name(r)}, ", r.backends)]
 
 
 def benchmark_markdown(
@@ -323,13 +362,13 @@ def benchmark_markdown(
     md = ["# iddm benchmark", ""]
     if failures:
         md += [f"**{len(failures)} cell(s) failed** (rerun the same command to retry them):", ""]
-        md += [f"- {f.identity} {f.method}-{f.level}: {f.error} (log: {f.log})" for f in failures] + [""]
-    md += [
-        "## Mean over identities (±: standard deviation across identities)",
-        "",
-        markdown_table(*benchmark_table(aggregate(rows), keys, False)),
-    ]
-    md += ["## Per identity", "", markdown_table(*benchmark_table(rows, keys, True))]
+        md += [f"- {f.identity} {cell_name(f)}: {f.error} (log: {f.log})" for f in failures] + [""]
+    means = aggregate(rows)
+    md += [f"## {MEAN_TITLE}", "", markdown_table(*benchmark_table(means, keys, False))]
+    header, spread = seed_spread_table(means, keys)
+    if spread:
+        md += [f"## {SEED_SPREAD_TITLE}", "", markdown_table(header, spread)]
+    md += ["## Per cell", "", markdown_table(*benchmark_table(rows, keys, True))]
     flags = benchmark_flag_lines(records)
     if flags:
         md += ["## Attacks that beat chance", ""] + [f"- {line}" for line in flags] + [""]
@@ -420,15 +459,16 @@ def benchmark_html(
     body.append(
         _html_list(
             f"{len(failures)} cell(s) failed (rerun to retry)",
-            [f"{f.identity} {f.method}-{f.level}: {f.error}" for f in failures],
+            [f"{f.identity} {cell_name(f)}: {f.error}" for f in failures],
         )
     )
     body.append(html_image(_png_array(plot), "privacy-utility curve", min_width=1000, max_side=1100))
-    body += [
-        "<h2>Mean over identities (±: standard deviation across identities)</h2>",
-        html_table(*benchmark_table(aggregate(rows), keys, False)),
-    ]
-    body += ["<h2>Per identity</h2>", html_table(*benchmark_table(rows, keys, True))]
+    means = aggregate(rows)
+    body += [f"<h2>{html.escape(MEAN_TITLE)}</h2>", html_table(*benchmark_table(means, keys, False))]
+    header, spread = seed_spread_table(means, keys)
+    if spread:
+        body += [f"<h2>{html.escape(SEED_SPREAD_TITLE)}</h2>", html_table(header, spread)]
+    body += ["<h2>Per cell</h2>", html_table(*benchmark_table(rows, keys, True))]
     body.append(_html_list("Attacks that beat chance", benchmark_flag_lines(records)))
     by_identity: dict[str, list[CellRecord]] = {}
     for record in records:
@@ -457,7 +497,7 @@ def benchmark_html(
                 for k, m in record.backends.items()
             )
             table.append(
-                f"<tr><td>{html.escape(record.method)}-{html.escape(record.level)}</td>"
+                f"<tr><td>{html.escape(cell_name(record))}</td>"
                 f"<td>{_figure_or_note(decoupled, 'X+δ', 'clean photos (no perturbation)')}</td>"
                 f"<td>{_figure_or_note(generations, 'generations', 'missing')}</td><td>{link}</td></tr>"
             )
@@ -466,7 +506,7 @@ def benchmark_html(
         body.append(
             html_table(
                 ["cell", *LINK_HEADER],
-                [[f"{r.method}-{r.level}", *link_row(k, r.backends[k])] for r in cell_records for k in keys],
+                [[cell_name(r), *link_row(k, r.backends[k])] for r in cell_records for k in keys],
             )
         )
     return html_document("iddm benchmark", "\n".join(b for b in body if b))

@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, Protocol, TypeVar, get_args, get_origin
 
 from iddm.evaluate.report import json_safe
 
@@ -185,7 +185,7 @@ class WallSeconds:
 
 @dataclass
 class CellRecord:
-    """``cell.json``: one finished benchmark cell (identity x method x level)."""
+    """``cell.json``: one finished benchmark cell (identity x method x level x personalization seed)."""
 
     identity: str
     method: str
@@ -199,6 +199,7 @@ class CellRecord:
     backends: dict[str, BackendLinkability]
     utility: Utility
     robustness: dict[str, dict[str, BackendLinkability]] | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -211,6 +212,18 @@ class CellFailure:
     error: str
     log: str
     wall_s: float = 0.0
+    seed: int = 0
+
+
+class CellKey(Protocol):
+    method: str
+    level: str
+    seed: int
+
+
+def cell_name(cell: CellKey) -> str:
+    """``<method>-<level>-seed<N>`` of a cell, its record or its failure: its folder under ``cells/<identity>/``."""
+    return f"{cell.method}-{cell.level}-seed{cell.seed}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -298,6 +311,7 @@ def csv_row(record: CellRecord | CellFailure) -> dict[str, Any]:
         "identity": record.identity,
         "method": record.method,
         "level": record.level,
+        "seed": record.seed,
         "status": "failed" if isinstance(record, CellFailure) else "done",
         "error": record.error if isinstance(record, CellFailure) else "",
     }
