@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from iddm.config import build_config
 from iddm.decouple import ObjectiveInputs, build_data_optimizer, identity_terms, resolve_privacy
 from iddm.decouple.objective import aspl_objective
-from iddm.decouple.transforms import differentiable_jpeg, jitter_faces, sample_transform
+from iddm.decouple.transforms import EOT_TRANSFORMS, differentiable_jpeg, jitter_faces, sample_transform
 from iddm.diffusion import PixelBackbone, prepare_photos
 from iddm.diffusion.objectives import predicted_x0, training_target, uniform_timesteps
 from iddm.faces import detect_single_face, impostor_statistics
@@ -115,6 +115,20 @@ def test_face_jitter_moves_the_face_within_its_amplitude():
     out = sample_transform(["blur"], torch.Generator().manual_seed(1), jitter=amplitude)(x)
     out.sum().backward()
     assert out.shape == x.shape and x.grad.abs().sum() > 0
+
+
+def test_eot_blur_spans_the_purification_attack_and_scales_with_the_image():
+    def spread(side: int, seed: int) -> float:
+        """Variance (px²) of a blurred impulse at the centre of a ``side`` px image: the blur's sigma²."""
+        impulse = torch.zeros(1, 1, side, side)
+        impulse[..., side // 2, side // 2] = 1
+        out = EOT_TRANSFORMS["blur"](torch.Generator().manual_seed(seed))(impulse)[0, 0]
+        offsets = (torch.arange(side) - side // 2).float() ** 2
+        return float((out.sum(0) * offsets).sum() / out.sum())
+
+    sigmas = [spread(64, seed) ** 0.5 for seed in range(40)]
+    assert 0.5 - 0.05 < min(sigmas) < 1.0 and 2.0 < max(sigmas) < 2.5 + 0.05  # 0.5..2.5 px at 64 px
+    assert spread(512, 3) == pytest.approx(16 * spread(128, 3), rel=0.02)  # sigma x4 at 4x the side
 
 
 def _settings(**overrides):

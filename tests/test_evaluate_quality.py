@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from iddm.evaluate.quality import BRISQUE_MIN_SIDE, brisque_score, mean_psnr_ssim, psnr, ssim, to_float01
-from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS, gaussian_blur, jpeg, resize
+from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS, gaussian_blur, jpeg, relative_blur, resize
 
 PHOTO = Path(__file__).parent / "fixtures" / "photos" / "obama_1.jpg"
 
@@ -72,7 +72,7 @@ def test_quality_input_errors(photo):
 
 
 def test_robustness_conditions_keep_shape_and_change_the_image(photo):
-    assert set(ROBUSTNESS_CONDITIONS) == {"clean", "jpeg90", "jpeg75", "jpeg50", "resize0.5", "blur"}
+    assert set(ROBUSTNESS_CONDITIONS) == {"clean", "jpeg90", "jpeg75", "jpeg50", "resize0.5", "blur", "blur2"}
     before = photo.copy()
     for name, transform in ROBUSTNESS_CONDITIONS.items():
         out = transform(photo)
@@ -87,6 +87,10 @@ def test_robustness_conditions_keep_shape_and_change_the_image(photo):
     assert error(resize(photo, 0.25)) > error(resize(photo, 0.5)) > 0
     assert error(gaussian_blur(photo, 2.0)) > error(gaussian_blur(photo, 1.0)) > 0
     assert np.array_equal(resize(photo, 1.0), photo) and np.array_equal(gaussian_blur(photo, 0.0), photo)
+    # The attacker's blur scales with the image: sigma per 64 px of the shorter side.
+    small = np.ascontiguousarray(photo[:64, :96])
+    assert np.array_equal(relative_blur(small, 1.5), gaussian_blur(small, 1.5))
+    assert np.array_equal(relative_blur(photo, 1.5), gaussian_blur(photo, 1.5 * min(photo.shape[:2]) / 64))
 
 
 def test_robustness_input_errors(photo):

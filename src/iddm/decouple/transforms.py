@@ -116,14 +116,15 @@ def _random_resize(generator: torch.Generator) -> Transform:
 
 
 def _random_blur(generator: torch.Generator) -> Transform:
-    sigma = 0.5 + float(torch.rand(1, generator=generator))
-    return lambda x: gaussian_blur(x, sigma)
+    sigma = 0.5 + 2 * float(torch.rand(1, generator=generator))
+    # Relative to a 64-px image: the blur that wipes out a perturbation scales with the resolution.
+    return lambda x: gaussian_blur(x, sigma * min(x.shape[-2:]) / 64)
 
 
 EOT_TRANSFORMS: dict[str, Callable[[torch.Generator], Transform]] = {
     "jpeg": _random_jpeg,  # quality 50..95
     "resize": _random_resize,  # down to 0.5..0.9 and back
-    "blur": _random_blur,  # sigma 0.5..1.5 px
+    "blur": _random_blur,  # sigma 0.5..2.5 px per 64 px of image side (the purification attack's range)
 }
 """Name -> factory drawing that transform's random strength from a generator."""
 

@@ -101,7 +101,9 @@ class BenchmarkConfig:
     generation_seed: int = field(1000, help="Generation seed, shared by every cell (image i uses seed + i).", ge=0)
     num_inference_steps: int = field(25, help="DDIM steps for generation and validation grids.", ge=1, le=1000)
     guidance_scale: float | None = field(None, help="Classifier-free guidance (default: 7.5 for SD, 1 micro).", ge=0)
-    robustness: bool = field(False, help="Also attack after JPEG 90/75/50, resize x0.5 and blur.")
+    robustness: bool = field(
+        False, help="Also attack after JPEG 90/75/50, resize x0.5 and a blur of 1 and 2 px per 64 px of image side."
+    )
     clip_model: Path | None = field(None, help="Local folder of CLIP weights for the CLIP score (else null).")
     personalize_config: Path | None = field(
         None, help="YAML of further `iddm personalize` options for every run (e.g. round_steps, learning_rate)."

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-__all__ = ["ROBUSTNESS_CONDITIONS", "clean", "gaussian_blur", "jpeg", "resize"]
+__all__ = ["ROBUSTNESS_CONDITIONS", "clean", "gaussian_blur", "jpeg", "relative_blur", "resize"]
 
 
 def _check(image: np.ndarray) -> np.ndarray:
@@ -87,12 +87,20 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(array, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma))
 
 
+def relative_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`gaussian_blur` with ``sigma`` in pixels per 64 px of the image's shorter side (a 512-px image gets
+    8x the blur of a 64-px one): blurring wipes out fine adversarial texture, and an attacker scales it to the image.
+    """
+    return gaussian_blur(image, sigma * min(image.shape[:2]) / 64)
+
+
 ROBUSTNESS_CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "clean": clean,
     "jpeg90": functools.partial(jpeg, quality=90),
     "jpeg75": functools.partial(jpeg, quality=75),
     "jpeg50": functools.partial(jpeg, quality=50),
     "resize0.5": functools.partial(resize, scale=0.5),
-    "blur": functools.partial(gaussian_blur, sigma=1.0),
+    "blur": functools.partial(relative_blur, sigma=1.0),
+    "blur2": functools.partial(relative_blur, sigma=2.0),
 }
 """The protocol's conditions: every linkability metric is reported again after each of them."""
