@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from iddm.config import build_config
 from iddm.decouple import ObjectiveInputs, build_data_optimizer, identity_terms, resolve_privacy
-from iddm.decouple.objective import aspl_objective
+from iddm.decouple.objective import aspl_objective, warp
 from iddm.decouple.transforms import EOT_TRANSFORMS, differentiable_jpeg, jitter_faces, sample_transform
 from iddm.diffusion import PixelBackbone, prepare_photos
 from iddm.diffusion.objectives import predicted_x0, training_target, uniform_timesteps
@@ -131,6 +131,18 @@ def test_eot_blur_spans_the_purification_attack_and_scales_with_the_image():
     assert spread(512, 3) == pytest.approx(16 * spread(128, 3), rel=0.02)  # sigma x4 at 4x the side
 
 
+def test_warp_moves_content_by_its_flow_and_is_differentiable():
+    images = torch.rand(2, 3, 24, 32)
+    assert torch.allclose(warp(images, torch.zeros(2, 2, 8, 8)), images, atol=1e-5)  # zero flow: unchanged
+    flow = torch.zeros(2, 2, 8, 8)
+    flow[:, 0] = 2.0  # every pixel samples 2 px to its right: the content moves 2 px left
+    shifted = warp(images, flow)
+    assert torch.allclose(shifted[..., :-2], images[..., 2:], atol=1e-5)
+    flow = torch.zeros(2, 2, 8, 8, requires_grad=True)
+    warp(images, flow).square().sum().backward()
+    assert flow.grad.abs().sum() > 0
+
+
 def _settings(**overrides):
     config = build_config(PersonalizeConfig, {"photos": "p", "output_dir": "o", "surrogates": ["sface"], **overrides})
     return resolve_privacy(config.privacy_config)
@@ -151,7 +163,7 @@ def test_aspl_step_raises_the_personalization_loss(photos32):
     def personalization_loss(delta: torch.Tensor) -> float:
         generator = torch.Generator().manual_seed(5)
         inputs = ObjectiveInputs(clean, backbone, conditioning, optimizer.identity, settings, generator)
-        return -aspl_objective(inputs, delta)[0].item()  # the same noise and timesteps every time
+        return -aspl_objective(inputs, clean, delta)[0].item()  # the same noise and timesteps every time
 
     before = personalization_loss(optimizer.perturbation.delta)
     optimizer.run_round(backbone, clean, "p", 3, torch.Generator().manual_seed(1))

@@ -153,13 +153,15 @@ def test_schedule_runs_the_configured_rounds_and_writes_audit_outputs(train_dir,
     assert run["model"]["surrogates"] == ["sface"] and run["model"]["privacy"]["label"] == "high"
 
 
-def test_resume_in_stage1_equals_uninterrupted(train_dir, tmp_path):
+@pytest.mark.parametrize("warp", [0.0, 2.0])
+def test_resume_in_stage1_equals_uninterrupted(warp, train_dir, tmp_path):
     settings = dict(privacy="high", round_steps=2, stage1_fraction=0.67, data_steps=2, checkpointing_steps=2)
+    settings["warp"] = warp
     full = tmp_path / "full"
     personalize(_config(train_dir, full, **settings, checkpoints_total_limit=None))
     partial = tmp_path / "partial"
     partial.mkdir()
-    # Only checkpoint-2 survives: resume from inside Stage 1, with δ restored from the checkpoint.
+    # Only checkpoint-2 survives: resume from inside Stage 1, with δ (and the warp) restored from the checkpoint.
     shutil.copytree(full / "checkpoint-2", partial / "checkpoint-2")
     personalize(_config(train_dir, partial, **settings, resume_from_checkpoint="latest"))
     a, b = _weights(full), _weights(partial)
@@ -167,6 +169,25 @@ def test_resume_in_stage1_equals_uninterrupted(train_dir, tmp_path):
     for path in (full / "private" / "decoupled_photos").glob("*.png"):
         resumed = partial / "private" / "decoupled_photos" / path.name
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(resumed)))
+
+
+def test_a_warp_reshapes_the_faces_within_its_budget(photos64, tmp_path):
+    # No δ budget: whatever lowers the identity loss here is the warp alone.
+    settings = _settings(privacy="high", eot=[], lambda_gen=0.0, epsilon=0.0, warp=2.0)
+    optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
+    clean, indices = photos64.images, torch.arange(len(photos64.images))
+    before, _ = optimizer.identity(clean, indices)
+    record = optimizer.run_round(PixelBackbone.from_scratch(64), clean, "p", 4, torch.Generator().manual_seed(0))
+    perturbation = optimizer.perturbation
+    after, _ = optimizer.identity(perturbation.perturbed(clean), indices)
+    assert after.item() < before.item() - 0.01
+    assert perturbation.delta.abs().max() == 0 and 0 < record["warp_px"] <= 2.0 and record["psnr_db"] < 60
+    # The warp is saved with δ and restores the same photos (a run's --perturbation_from reads this file).
+    perturbation.save(tmp_path / "delta.safetensors")
+    assert set(load_file(tmp_path / "delta.safetensors")) == {"delta", "flow"}
+    restored = type(perturbation)(clean.shape, torch.device("cpu"))
+    restored.load(tmp_path / "delta.safetensors")
+    assert torch.equal(restored.perturbed(clean), perturbation.perturbed(clean))
 
 
 @pytest.mark.parametrize("method", ["lora", "dreambooth"])

@@ -15,11 +15,13 @@ from safetensors.torch import load_file
 from iddm.decouple.identity import IdentityLoss, load_margins
 from iddm.decouple.objective import (
     OBJECTIVES,
+    WARP_GRID,
     ObjectiveInputs,
     apply,
     low_frequency,
     signed_gradient_step,
     uniform_noise,
+    warp,
 )
 from iddm.decouple.privacy import PrivacySettings
 from iddm.decouple.transforms import sample_transform
@@ -30,33 +32,51 @@ from iddm.images import atomic_write_safetensors, list_photos, load_photo
 
 
 class Perturbation:
-    """δ ``(N, 3, R, R)`` for the N training photos (0 at the start)."""
+    """δ ``(N, 3, R, R)`` for the N training photos (0 at the start) and, with a warp budget, the smooth
+    displacement field ``flow`` ``(N, 2, g, g)`` in pixels (:func:`iddm.decouple.objective.warp`; 0 at the start)."""
 
-    def __init__(self, shape: torch.Size, device: torch.device):
+    def __init__(self, shape: torch.Size, device: torch.device, warped: bool = False):
         self.delta = torch.zeros(shape, device=device)
+        self.flow = torch.zeros(shape[0], 2, WARP_GRID, WARP_GRID, device=device) if warped else None
+
+    def base(self, clean: torch.Tensor) -> torch.Tensor:
+        """The photos δ is added to: ``clean`` warped by ``flow`` (``clean`` itself without a warp)."""
+        return clean if self.flow is None else warp(clean, self.flow)
 
     def perturbed(self, clean: torch.Tensor) -> torch.Tensor:
-        """``X + δ`` ``(N, 3, R, R)`` in ``[0, 1]`` (no gradient)."""
-        return apply(clean, self.delta).detach()
+        """``X̃ = clamp(W(X) + δ, 0, 1)`` ``(N, 3, R, R)`` (no gradient)."""
+        return apply(self.base(clean), self.delta).detach()
 
     def summary(self, clean: torch.Tensor) -> dict:
-        """‖δ‖∞, mean PSNR (dB; inf for δ = 0) and mean SSIM of the decoupled photos against the clean ones."""
+        """‖δ‖∞, the largest warp displacement (px), mean PSNR (dB; inf unchanged) and SSIM of the decoupled
+        photos against the clean ones."""
         psnr, ssim = mean_psnr_ssim(list(self.perturbed(clean)), list(clean))
         linf = float(self.delta.abs().max())
-        return {"linf": linf, "linf_255": linf * 255, "psnr_db": psnr, "ssim": ssim}
+        warp_px = 0.0 if self.flow is None else float(self.flow.abs().max())
+        return {"linf": linf, "linf_255": linf * 255, "warp_px": warp_px, "psnr_db": psnr, "ssim": ssim}
 
-    def save(self, path: Path) -> None:
-        atomic_write_safetensors(path, {"delta": self.delta})
+    def state(self) -> dict[str, torch.Tensor]:
+        """``{"delta": δ}`` and, when warped, ``"flow"``: what checkpoints and ``decoupled_delta.safetensors`` hold."""
+        return {"delta": self.delta} | ({} if self.flow is None else {"flow": self.flow})
 
-    def load(self, path: Path) -> None:
-        """Replace δ with the one saved at ``path`` (same photos and resolution required)."""
-        delta = load_file(path)["delta"]
-        if delta.shape != self.delta.shape:
+    def load_state(self, tensors: dict[str, torch.Tensor], source: Path | str) -> None:
+        """Replace δ (and the warp, when ``tensors`` holds one) with saved ones of the same photos and resolution."""
+        delta, flow = tensors["delta"], tensors.get("flow")
+        if delta.shape != self.delta.shape or (flow is not None and flow.shape[0] != delta.shape[0]):
             raise ValueError(
-                f"{path}: its perturbation has shape {tuple(delta.shape)}, this run's photos "
+                f"{source}: its perturbation has shape {tuple(delta.shape)}, this run's photos "
                 f"{tuple(self.delta.shape)}. Use the same photos and resolution."
             )
         self.delta = delta.to(self.delta.device)
+        if flow is not None:
+            self.flow = flow.to(self.delta.device)
+
+    def save(self, path: Path) -> None:
+        atomic_write_safetensors(path, self.state())
+
+    def load(self, path: Path) -> None:
+        """Replace δ (and the warp) with the ones saved at ``path`` (same photos and resolution required)."""
+        self.load_state(load_file(path), path)
 
 
 class DataOptimizer:
@@ -77,15 +97,21 @@ class DataOptimizer:
         return self.perturbation.summary(clean)
 
     def step(self, inputs: ObjectiveInputs) -> dict:
-        """One projected signed-gradient step on δ; returns the surrogate cosines measured before it."""
-        delta = self.perturbation.delta.clone().requires_grad_(True)
-        loss, logged = OBJECTIVES[self.settings.defense](inputs, delta)
-        (gradient,) = torch.autograd.grad(loss, delta)
-        gradient = low_frequency(gradient, self.settings.low_frequency)
+        """One projected signed-gradient step on δ (and the warp); returns the surrogate cosines measured before it."""
+        s, perturbation = self.settings, self.perturbation
+        delta = perturbation.delta.clone().requires_grad_(True)
+        flow = None if perturbation.flow is None else perturbation.flow.clone().requires_grad_(True)
+        base = inputs.clean if flow is None else warp(inputs.clean, flow)
+        loss, logged = OBJECTIVES[s.defense](inputs, base, delta)
+        gradients = torch.autograd.grad(loss, [delta] + ([flow] if flow is not None else []), allow_unused=True)
+        gradients = [torch.zeros_like(p) if g is None else g for p, g in zip((delta, flow), gradients)]
         with torch.no_grad():
-            self.perturbation.delta = signed_gradient_step(
-                self.perturbation.delta, gradient, self.settings.step_size, inputs.clean, self.settings.epsilon
-            )
+            if flow is not None:
+                bound = s.warp * inputs.clean.shape[-1] / 64  # the budget is per 64 px of image side
+                perturbation.flow = (flow - bound / 8 * gradients[1].sign()).clamp(-bound, bound)
+            base = perturbation.base(inputs.clean)
+            gradient = low_frequency(gradients[0], s.low_frequency)
+            perturbation.delta = signed_gradient_step(perturbation.delta, gradient, s.step_size, base, s.epsilon)
         logged["loss"] = float(loss.detach())
         return logged
 
@@ -145,4 +171,4 @@ def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, devi
     identity = IdentityLoss(
         recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins, settings.surrogate_precision
     )
-    return DataOptimizer(settings, identity, Perturbation(clean.shape, device))
+    return DataOptimizer(settings, identity, Perturbation(clean.shape, device, warped=settings.warp > 0))

@@ -13,6 +13,10 @@ denoised estimate of a noised ``X̃`` and ``L_id`` the identity loss over the su
 
 and the step is ``δ ← Π(δ − α · sign(∇δ))`` with ``Π`` the projection onto ``‖δ‖∞ ≤ ε`` and
 ``X + δ ∈ [0, 1]`` (projected signed gradient, Madry et al. 2018).
+
+With a warp budget ``w`` the photos are also reshaped: ``X̃ = Π(W_φ(X) + δ)`` with ``W_φ`` a smooth
+displacement field ``φ`` (:func:`warp`), stepped the same way (``φ ← clip(φ − (w/8) · sign(∇φ), −w, w)``).
+Every objective below sees the warped photos ``W_φ(X)`` as its ``base`` (the clean photos without a warp).
 """
 
 from __future__ import annotations
@@ -27,6 +31,28 @@ from iddm.decouple.identity import IdentityLoss
 from iddm.decouple.privacy import PrivacySettings
 from iddm.decouple.transforms import sample_transform
 from iddm.diffusion import Backbone, Conditioning
+
+WARP_GRID = 8
+"""Control points per side of the warp's displacement field: coarse, so the warp moves facial features as
+wholes (proportions, outline) instead of adding texture that a blur or the autoencoder removes."""
+
+
+def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``images`` ``(N, C, H, W)`` resampled along a smooth displacement field (differentiable in both).
+
+    Args:
+        images: ``(N, C, H, W)``.
+        flow: ``(N, 2, g, g)`` displacements ``(x, y)`` in pixels of ``images`` at ``g × g`` control points,
+            upsampled bicubically to ``H × W``; a zero flow returns ``images`` unchanged.
+    """
+    n, _, height, width = images.shape
+    field = F.interpolate(flow.to(images), size=(height, width), mode="bicubic", align_corners=True)
+    ys = torch.linspace(-1, 1, height, device=images.device, dtype=images.dtype)
+    xs = torch.linspace(-1, 1, width, device=images.device, dtype=images.dtype)
+    identity = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).expand(n, height, width, 2)
+    pixel = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], device=images.device, dtype=images.dtype)
+    grid = identity + field.permute(0, 2, 3, 1) * pixel
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def apply(clean: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -105,40 +131,41 @@ class ObjectiveInputs:
         return self.identity(transform(images.float()), self.indices, only)
 
 
-Objective = Callable[[ObjectiveInputs, torch.Tensor], tuple[torch.Tensor, dict]]
+Objective = Callable[[ObjectiveInputs, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+"""``(inputs, base, δ) -> (loss, logged)``, ``base`` the (warped) clean photos."""
 
 
-def iddm_objective(inputs: ObjectiveInputs, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def iddm_objective(inputs: ObjectiveInputs, base: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """IDDM: identity loss on the current model's reconstruction x̂0 and on the photos, plus fidelity."""
     s = inputs.settings
-    images = apply(inputs.clean, delta)
+    images = apply(base, delta)
     loss, logged = images.new_zeros(()), {}
     if s.lambda_gen > 0:
         x0 = inputs.backbone.denoised_estimate(images, inputs.conditioning, inputs.generator, s.max_denoise_timestep)
         id_loss, logged["x0"] = inputs.identity_of(x0)
         loss = loss + s.lambda_gen * id_loss
-    return _data_terms(inputs, images, loss, logged)
+    return _data_terms(inputs, images, base, loss, logged)
 
 
-def cloak_objective(inputs: ObjectiveInputs, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def cloak_objective(inputs: ObjectiveInputs, base: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Cloak-then-train: the identity loss on the photos alone (no generation proxy), plus fidelity."""
-    images = apply(inputs.clean, delta)
-    return _data_terms(inputs, images, images.new_zeros(()), {})
+    images = apply(base, delta)
+    return _data_terms(inputs, images, base, images.new_zeros(()), {})
 
 
-def _data_terms(inputs: ObjectiveInputs, images: torch.Tensor, loss: torch.Tensor, logged: dict):
+def _data_terms(inputs: ObjectiveInputs, images: torch.Tensor, base: torch.Tensor, loss: torch.Tensor, logged: dict):
     s = inputs.settings
     if s.lambda_data > 0:
         id_loss, logged["data"] = inputs.identity_of(images)
         loss = loss + s.lambda_data * id_loss
-    if s.lambda_fid > 0:
-        loss = loss + s.lambda_fid * fidelity_penalty(images, inputs.clean)
+    if s.lambda_fid > 0:  # on δ's part only: the warp has its own bound
+        loss = loss + s.lambda_fid * fidelity_penalty(images, base)
     return loss, logged
 
 
-def aspl_objective(inputs: ObjectiveInputs, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def aspl_objective(inputs: ObjectiveInputs, base: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """ASPL: maximize the current model's personalization loss on the photos (anti-personalization)."""
-    images = apply(inputs.clean, delta)
+    images = apply(base, delta)
     loss = -inputs.backbone.training_loss(images, inputs.conditioning, inputs.generator).mean()
     with torch.no_grad():
         _, cosines = inputs.identity(images, inputs.indices)

@@ -56,7 +56,7 @@ class CheckpointHook:
         state = trainer.state
         tensors = {"generator": state.generator.get_state(), "data_generator": state.data_generator.get_state()}
         if trainer.data_optimizer is not None:
-            tensors["delta"] = trainer.data_optimizer.perturbation.delta
+            tensors |= trainer.data_optimizer.perturbation.state()
 
         def loadable_weights(folder: Path) -> None:
             if trainer.method == "lora":

@@ -180,7 +180,7 @@ class Trainer:
             if self.data_optimizer is not None:
                 if "delta" not in tensors:
                     raise CheckpointError(f"{checkpoint} holds no perturbation: it is from a run without privacy")
-                self.data_optimizer.perturbation.delta = tensors["delta"].to(self.accelerator.device)
+                self.data_optimizer.perturbation.load_state(tensors, checkpoint)
             state.history = info.get("history", state.history)
             logger.info("Resumed from %s at step %d.", checkpoint, state.step)
             return state
