@@ -18,7 +18,7 @@ decoy                  none (option)               e.g. iddm:composite: pull tow
 low frequency          1 (option)                  e.g. 4: step δ in 4x4-block structure only
 surrogates per step    all (option)                e.g. 1: one surrogate per identity term, at random
 surrogate precision    fp32 (option)               bf16: the surrogates under bfloat16 autocast
-warp                   0 (option)                  e.g. 2: reshape the faces by up to 2 px per 64 px
+warp (px per 64 px)    2 p                         0.66, 1.32, 2 (smooth reshaping of the faces)
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
@@ -114,11 +114,12 @@ class PrivacyConfig:
         "blocks of this many pixels (1: off; e.g. 4), for transfer to unseen FR models and the autoencoder.",
         ge=1,
     )
-    warp: float = field(
-        0.0,
+    warp: float | None = field(
+        None,
         help="Also reshape the faces: a smooth displacement field (8x8 control points, each moved at most this many "
-        "pixels per 64 px of image side; 0: off, e.g. 2) optimized with the perturbation. Geometry survives a blur "
-        "and transfers to unseen FR models better than texture.",
+        "pixels per 64 px of image side; default 2 p: 0.66, 1.32, 2 at low, medium, high; 0: off) optimized with "
+        "the perturbation by the identity defenses. Geometry survives a blur and transfers to unseen FR models "
+        "better than texture.",
         ge=0,
         le=8,
     )
@@ -278,7 +279,8 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         max_denoise_timestep=config.max_denoise_timestep,
         defense=config.defense,
         cloak_steps=config.cloak_steps,
-        warp=config.warp,
+        warp=pick(config.warp, 2.0 * level),
     )
-    # Only the identity objectives (iddm, cloak) pull toward a decoy; elsewhere it is not loaded nor recorded.
-    return settings if settings.white_box else replace(settings, decoy=None)
+    # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
+    # ASPL keep their published definitions (nothing is loaded, warped or recorded for them).
+    return settings if settings.white_box else replace(settings, decoy=None, warp=0.0)
