@@ -164,6 +164,18 @@ def test_lora_trains_in_fp32_beside_bf16_frozen_weights(tiny_sd, train_dir, tmp_
     assert trainer.backbone.vae.dtype == torch.bfloat16
 
 
+def test_a_seed_fixes_the_run_whatever_ran_before_it_in_the_process(tiny_sd, train_dir, tmp_path):
+    # peft initializes LoRA from the global RNG: a benchmark worker's earlier cells must not change a run.
+    values = {"photos": train_dir, "pretrained_model_name_or_path": str(tiny_sd), **FAST, "max_train_steps": 1}
+    weights = []
+    for name, draws in (("first", 0), ("after_other_work", 1000)):
+        torch.rand(draws)
+        personalize(build_config(PersonalizeConfig, {**values, "output_dir": tmp_path / name, "seed": 3}))
+        weights.append(load_file(tmp_path / name / "model" / LORA_WEIGHT_NAME))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_prior_preservation_generates_and_caches_class_images(tiny_sd, train_dir, tmp_path):
     class_dir = tmp_path / "class"
     config = {

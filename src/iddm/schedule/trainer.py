@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import is_tensorboard_available, is_wandb_available
+from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -111,6 +111,9 @@ class Trainer:
             log_with=None if config.report_to == "none" else config.report_to,
             project_dir=str(self.output_dir / PRIVATE_DIR / "logs"),
         )
+        # As diffusers' training scripts do: peft draws the LoRA init (and dropout) from the global RNGs, so without
+        # this a run's result depended on what ran before it in the process (e.g. earlier benchmark cells).
+        set_seed(config.seed)
         self.method = self.backbone.prepare_for_training(_method_settings(config))
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         self.backbone.to(self.accelerator.device, weight_dtype)
