@@ -153,6 +153,7 @@ def test_schedule_runs_the_configured_rounds_and_writes_audit_outputs(train_dir,
     assert (out / "private" / "iddm_log.png").is_file()
     card = (out / "model" / "README.md").read_text()
     assert "White-box face recognition surrogates" in card and "sface" in card
+    assert "faces reshaped by up to 2 px per 64 px" in card  # the knob's warp at high
     run = json.loads((out / "iddm_run.json").read_text())
     assert run["model"]["surrogates"] == ["sface"] and run["model"]["privacy"]["label"] == "high"
 

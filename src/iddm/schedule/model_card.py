@@ -74,6 +74,8 @@ def _privacy_text(manifest: ModelManifest, plan) -> str:
     if manifest.defense == "none":
         return "Privacy off: vanilla personalization (no identity decoupling)."
     budget = f"epsilon {privacy['epsilon'] * 255:.1f}/255"
+    if privacy.get("warp"):
+        budget += f", faces reshaped by up to {privacy['warp']:.2g} px per 64 px"
     if manifest.defense != "iddm":
         return f"Baseline defense **{manifest.defense}** at privacy level {privacy['label']} ({budget}). Not IDDM."
     level = (
