@@ -24,6 +24,7 @@ from iddm.evaluate.attacker import linkability_by_backend, load_backends
 from iddm.evaluate.cells import CELL_FILE, embed_identities, identity_knowledge, load_cell
 from iddm.evaluate.dataset import discover_dataset
 from iddm.evaluate.linkability import embed_images
+from iddm.evaluate.results import cell_name
 from iddm.evaluate.robustness import relative_blur
 from iddm.images import atomic_write_json, load_photo
 
@@ -61,7 +62,7 @@ def main() -> int:
             only = {key: recognizers[key]}
             for sigma in args.sigmas:
                 probes = embed_images([relative_blur(i, sigma) for i in images], list(only.values()))
-                m = linkability_by_backend(probes, reference, gallery, only, {key: "black-box"})[key]
+                m = linkability_by_backend(probes, reference, gallery, only, {key: record.backends[key].role})[key]
                 row["by_sigma"][sigma] = {"rank1": m.rank1, "match_rate": m.match_rate, "user_z": m.user_z}
             row["best_rank1"] = max((v["rank1"] or 0.0) for v in row["by_sigma"].values())
             results.append(row)
@@ -69,8 +70,7 @@ def main() -> int:
                 f"{v['rank1'] or 0:.2f} / {v['match_rate'] or 0:.2f} / {v['user_z'] or 0:+.2f}"
                 for v in row["by_sigma"].values()
             )
-            cell = f"{record.method}-{record.level}-seed{record.seed}"
-            print(f"| {record.identity} | {cell} | {values} | {row['best_rank1']:.2f} |", flush=True)
+            print(f"| {record.identity} | {cell_name(record)} | {values} | {row['best_rank1']:.2f} |", flush=True)
     print("\nMean over identities (each averaged over its seeds): R1-U per σ, and the attacker's best\n")
     print(f"| FR | method-level | {names} | best |")
     print("|---|---|" + "---|" * (len(args.sigmas) + 1))
