@@ -60,9 +60,10 @@ def main() -> int:
             row = {"identity": record.identity, "method": record.method, "level": record.level, "seed": record.seed}
             row |= {"backend": key, "by_sigma": {}}
             only = {key: recognizers[key]}
+            role = record.backends[key].role if key in record.backends else "unknown"
             for sigma in args.sigmas:
                 probes = embed_images([relative_blur(i, sigma) for i in images], list(only.values()))
-                m = linkability_by_backend(probes, reference, gallery, only, {key: record.backends[key].role})[key]
+                m = linkability_by_backend(probes, reference, gallery, only, {key: role})[key]
                 row["by_sigma"][sigma] = {"rank1": m.rank1, "match_rate": m.match_rate, "user_z": m.user_z}
             row["best_rank1"] = max((v["rank1"] or 0.0) for v in row["by_sigma"].values())
             results.append(row)
