@@ -93,9 +93,11 @@ def test_one_data_step_lowers_identity_loss_and_respects_epsilon(photos64):
     assert after.item() < before.item() - 0.01
     assert optimizer.perturbation.delta.abs().max().item() <= settings.epsilon + 1e-7
     assert perturbed.min() >= 0 and perturbed.max() <= 1
+    assert optimizer.perturbation.perturbed(clean) is perturbed  # kept between data rounds
     # Many steps stay inside the budget too, and the generation proxy term runs.
     optimizer.settings = _settings(privacy="high", eot=["jpeg"])
     record = optimizer.run_round(backbone, clean, "a photo of sks person", 3, generator)
+    assert not torch.equal(optimizer.perturbation.perturbed(clean), perturbed)  # a data round renews it
     assert record["linf"] <= settings.epsilon + 1e-7 and np.isfinite(record["surrogate_cos_x0"]["sface"])
     assert record["psnr_db"] > 20
 

@@ -38,14 +38,22 @@ class Perturbation:
     def __init__(self, shape: torch.Size, device: torch.device, warped: bool = False):
         self.delta = torch.zeros(shape, device=device)
         self.flow = torch.zeros(shape[0], 2, WARP_GRID, WARP_GRID, device=device) if warped else None
+        self._perturbed: tuple[tuple, torch.Tensor] | None = None
 
     def base(self, clean: torch.Tensor) -> torch.Tensor:
         """The photos δ is added to: ``clean`` warped by ``flow`` (``clean`` itself without a warp)."""
         return clean if self.flow is None else warp(clean, self.flow)
 
     def perturbed(self, clean: torch.Tensor) -> torch.Tensor:
-        """``X̃ = clamp(W(X) + δ, 0, 1)`` ``(N, 3, R, R)`` (no gradient)."""
-        return apply(self.base(clean), self.delta).detach()
+        """``X̃ = clamp(W(X) + δ, 0, 1)`` ``(N, 3, R, R)`` (no gradient; do not modify it in place).
+
+        Personalization asks for it every step but δ and the warp only change in data rounds, which replace
+        those tensors: the result is kept until one of them (or ``clean``) is another object.
+        """
+        key = (clean, self.delta, self.flow)
+        if self._perturbed is None or any(a is not b for a, b in zip(self._perturbed[0], key)):
+            self._perturbed = (key, apply(self.base(clean), self.delta).detach())
+        return self._perturbed[1]
 
     def summary(self, clean: torch.Tensor) -> dict:
         """‖δ‖∞, the largest warp displacement (px), mean PSNR (dB; inf unchanged) and SSIM of the decoupled
@@ -107,7 +115,7 @@ class DataOptimizer:
         gradients = [torch.zeros_like(p) if g is None else g for p, g in zip((delta, flow), gradients)]
         with torch.no_grad():
             if flow is not None:
-                bound = s.warp * inputs.clean.shape[-1] / 64  # the budget is per 64 px of image side
+                bound = s.warp * min(inputs.clean.shape[-2:]) / 64  # the budget is per 64 px of image side
                 perturbation.flow = (flow - bound / 8 * gradients[1].sign()).clamp(-bound, bound)
             base = perturbation.base(inputs.clean)
             gradient = low_frequency(gradients[0], s.low_frequency)

@@ -199,7 +199,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
     def training_images(self) -> torch.Tensor:
-        """The images personalization sees now: ``X`` or ``X + δ``, ``(N, 3, R, R)`` in ``[0, 1]``."""
+        """The images personalization sees now: ``X`` or the decoupled ``X̃``, ``(N, 3, R, R)`` in ``[0, 1]``."""
         return self.clean if self.data_optimizer is None else self.data_optimizer.perturbation.perturbed(self.clean)
 
     def _conditioning(self, which: int, prompts: list[str]) -> Conditioning:
