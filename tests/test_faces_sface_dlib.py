@@ -97,6 +97,12 @@ def test_sface_gradients_reach_pixels_and_fgsm_lowers_similarity(sface, detected
     assert all(not p.requires_grad for p in sface.model.parameters())
 
 
+def test_sface_kernels_sit_channels_last(sface):
+    # iddm.faces.base.place; test_sface_matches_opencv checks the embeddings in this layout.
+    kernels = [p for p in sface.model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+
+
 def test_sface_rejects_unaligned_input(sface):
     with pytest.raises(ValueError, match="112"):
         sface.embed(torch.rand(1, 3, 64, 64))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iddm.faces.base import FaceRecognizer
+from iddm.faces.base import FaceRecognizer, place
 from iddm.faces.cache import cached_conversion, package_file
 
 GRAPH_SCOPE = "InceptionResnetV1"
@@ -413,12 +413,11 @@ class FaceNet(FaceRecognizer):
                 f"facenet-casia-*.safetensors under {cache_dir or '~/.cache/iddm/weights'} and retry."
             ) from None
         self.model.eval().requires_grad_(False)
-        self.device = torch.device(device)
-        self.model.to(self.device)
+        self.to(device)
 
     def to(self, device: torch.device | str) -> FaceNet:
         self.device = torch.device(device)
-        self.model.to(self.device)
+        place(self.model, self.device)
         return self
 
     def features(self, faces: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iddm.faces.align import ARCFACE_TEMPLATE_112
-from iddm.faces.base import FaceRecognizer
+from iddm.faces.base import FaceRecognizer, place
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class IResNetRecognizer(FaceRecognizer):
             self.name = name or path.stem
         elif path.suffix.lower() in (".pth", ".pt", ".bin", ".safetensors"):
             self.model = build_iresnet_from_state(load_state_dict_file(path), path)
-            self.model.eval().requires_grad_(False).to(self.device)
+            place(self.model.eval().requires_grad_(False), self.device)
             self.embedding_dim = self.model.fc.out_features
             self.differentiable = True
             depth = {v: k for k, v in IRESNET_LAYERS.items()}.get(self.model.layers)
@@ -283,7 +283,7 @@ class IResNetRecognizer(FaceRecognizer):
     def to(self, device: torch.device | str) -> IResNetRecognizer:
         self.device = torch.device(device)
         if self.model is not None:
-            self.model.to(self.device)
+            place(self.model, self.device)
         return self
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iddm.faces.align import ARCFACE_TEMPLATE_112
-from iddm.faces.base import FaceRecognizer
+from iddm.faces.base import FaceRecognizer, place
 from iddm.faces.cache import cached_conversion, package_file
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
@@ -214,7 +214,7 @@ class SFace(FaceRecognizer):
         self.to(device)
 
     def to(self, device: torch.device | str) -> SFace:
-        self.model.to(device)
+        place(self.model, device)
         self.device = torch.device(device)
         return self
 

@@ -29,7 +29,8 @@ RECOMMENDED_LORA = {
     "instance_prompt": "a photo of sks person",
     "guidance_scale": 3.0,
     "num_inference_steps": 25,
-    # IDDM's K: on this small model one data step costs ~15 personalization steps (the FR surrogates dominate).
+    # IDDM's K: on this small model one data step costs ~9 personalization steps, the FR surrogates most of it
+    # (benchmarks/bench_data_step.py).
     # Rounds of 125 keep IDDM at high near 1.3x the vanilla wall time; rounds of 250 were cheaper but let the
     # black-box attacker link 2 of 3 held-out people (measured, README Results).
     "round_steps": 125,

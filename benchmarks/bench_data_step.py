@@ -1,0 +1,125 @@
+"""What one IDDM data step costs on the face prior, in personalization steps, and what its parts cost.
+
+The run is built exactly as ``iddm personalize`` builds it (default base model, its personalization defaults,
+the photos given), then timed: one personalization step, one data step, and inside the data step the model's
+x̂0 path (VAE encode, UNet, VAE decode; forward and backward to the photos) and each surrogate's forward and
+backward pass on the photos' crops. The surrogates are timed with their weights in channels-last memory format
+(iddm's placement, :func:`iddm.faces.base.place`) and, as the baseline of the same run, contiguous. Each
+measurement is the best of ``--repeats``, the variants taking turns so that a busy machine slows both alike.
+The last column projects IDDM's wall time over vanilla's at equal steps from the run's own plan (rounds x data
+steps).
+
+Usage::
+
+    python benchmarks/bench_data_step.py [--photos data/eval/Tony_Blair/set_A] [--privacy high] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from iddm.decouple.objective import ObjectiveInputs
+from iddm.decouple.privacy import PrivacyConfig
+from iddm.faces.base import place
+from iddm.schedule.config import PersonalizeConfig
+from iddm.schedule.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def best_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Best wall time of each function in milliseconds; they take turns after one warm-up call each."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    return [min(record) * 1000 for record in times]
+
+
+def with_layout(recognizers, memory_format: torch.memory_format, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with every surrogate's weights in ``memory_format``."""
+
+    def run():
+        for recognizer in recognizers:
+            recognizer.model.to(memory_format=memory_format)
+        fn()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=Path, default=ROOT / "data" / "eval" / "Tony_Blair" / "set_A")
+    parser.add_argument("--privacy", default="high")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: as a benchmark cell runs)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = PersonalizeConfig(
+            photos=args.photos, output_dir=Path(tmp) / "run", privacy_config=PrivacyConfig(privacy=args.privacy)
+        )
+        trainer = Trainer(config)
+    backbone, optimizer, plan = trainer.backbone, trainer.data_optimizer, trainer.plan
+    if optimizer is None:
+        raise SystemExit(f"--privacy {args.privacy} runs no data steps; choose low, medium or high")
+    identity, generator, clean = optimizer.identity, trainer.state.data_generator, trainer.clean
+    photos = clean.clone().requires_grad_(True)
+    indices = torch.arange(len(clean))
+    backbone.train(False)
+    conditioning = backbone.encode_prompts([config.instance_prompt] * len(clean)).detach()
+    inputs = ObjectiveInputs(clean, backbone, conditioning, identity, optimizer.settings, generator)
+
+    def personalization_step():
+        backbone.train(True)
+        trainer.step(0)
+
+    def data_step():
+        optimizer.step(inputs)
+
+    def x0_path():
+        x0 = backbone.denoised_estimate(photos, conditioning, generator, optimizer.settings.max_denoise_timestep)
+        torch.autograd.grad(x0.sum(), photos)
+
+    def surrogate(recognizer):
+        return lambda: torch.autograd.grad(identity.embed(recognizer, photos, indices).sum(), photos)
+
+    parts = [("personalization step", personalization_step), ("x̂0 path (fwd+bwd)", x0_path)]
+    parts += [(f"{r.name} (fwd+bwd)", surrogate(r)) for r in identity.recognizers]
+    parts += [("data step", data_step)]
+    layouts = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
+    fns = [with_layout(identity.recognizers, fmt, fn) for _, fn in parts for fmt in layouts.values()]
+    times = best_ms(fns, args.repeats)
+    for recognizer in identity.recognizers:
+        place(recognizer.model, clean.device)
+
+    data_steps = plan.rounds * plan.data_steps
+    print(
+        f"{len(clean)} photos at {backbone.resolution} px, privacy {args.privacy}: {plan.rounds} rounds x "
+        f"{plan.data_steps} data steps over {plan.total_steps} personalization steps; {args.threads} thread(s)\n"
+    )
+    print("| part | contiguous ms | channels-last ms | ratio |")
+    print("|---|---|---|---|")
+    for i, (name, _) in enumerate(parts):
+        base, ours = times[2 * i], times[2 * i + 1]
+        print(f"| {name} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x |")
+    step = times[0:2]
+    data = times[-2:]
+    projected = [(plan.total_steps * s + data_steps * d) / (plan.total_steps * s) for s, d in zip(step, data)]
+    print(f"| data step / personalization step | {data[0] / step[0]:.1f} | {data[1] / step[1]:.1f} | |")
+    print(f"| projected IDDM / vanilla wall time | {projected[0]:.2f} | {projected[1]:.2f} | |")
+
+
+if __name__ == "__main__":
+    main()
