@@ -60,12 +60,12 @@ def test_privacy_levels_parse_and_map_monotonically():
     assert not settings[0].enabled and all(s.enabled for s in settings[1:])
     assert [s.epsilon for s in settings] == sorted(s.epsilon for s in settings)
     assert settings[-1].epsilon == pytest.approx(16 / 255)
-    assert [s.warp for s in settings] == pytest.approx([0, 0.66, 1.32, 2.0])
+    assert [s.warp for s in settings] == pytest.approx([0, 0.99, 1.98, 3.0])
     overridden = _settings(privacy="high", epsilon=0.01, data_steps=2, warp=0)
     assert overridden.epsilon == 0.01 and overridden.data_steps == 2 and overridden.warp == 0
     # The controls keep their published definitions: no warp for noise and ASPL.
     assert _settings(privacy="high", defense="noise").warp == _settings(privacy="high", defense="aspl").warp == 0
-    assert _settings(privacy="high", defense="cloak").warp == 2.0
+    assert _settings(privacy="high", defense="cloak").warp == 3.0
 
 
 def test_privacy_off_is_vanilla_bit_for_bit(train_dir, tmp_path):
@@ -155,7 +155,7 @@ def test_schedule_runs_the_configured_rounds_and_writes_audit_outputs(train_dir,
     assert (out / "private" / "iddm_log.png").is_file()
     card = (out / "model" / "README.md").read_text()
     assert "White-box face recognition surrogates" in card and "sface" in card
-    assert "faces reshaped by up to 2 px per 64 px" in card  # the knob's warp at high
+    assert "faces reshaped by up to 3 px per 64 px" in card  # the knob's warp at high
     run = json.loads((out / "iddm_run.json").read_text())
     assert run["model"]["surrogates"] == ["sface"] and run["model"]["privacy"]["label"] == "high"
 

@@ -18,7 +18,7 @@ decoy                  none (option)               e.g. iddm:composite: pull tow
 low frequency          1 (option)                  e.g. 4: step δ in 4x4-block structure only
 surrogates per step    all (option)                e.g. 1: one surrogate per identity term, at random
 surrogate precision    fp32 (option)               bf16: the surrogates under bfloat16 autocast
-warp (px per 64 px)    2 p                         0.66, 1.32, 2 (smooth reshaping of the faces)
+warp (px per 64 px)    3 p                         0.99, 1.98, 3 (smooth reshaping of the faces)
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
@@ -38,6 +38,10 @@ from iddm.images import IMAGE_EXTENSIONS
 
 PRESETS = {"off": 0.0, "low": 0.33, "medium": 0.66, "high": 1.0}
 MAX_EPSILON = 16 / 255
+WARP_PER_LEVEL = 3.0
+"""The warp at ``high`` (px per 64 px). Measured over three seeds at ``high`` on the face prior (dlib, black-box):
+2 left one held-out person linkable (R1-U 0.54), 3 brought the mean to 0.18 with face detection 0.94, 4 cost
+face detection (0.83): docs/results/prior_seeds.md."""
 DIFFERENTIABLE_SURROGATES = ["sface", "facenet", "arcface"]
 
 DefenseName = Literal["iddm", "noise", "cloak", "aspl"]
@@ -117,7 +121,7 @@ class PrivacyConfig:
     warp: float | None = field(
         None,
         help="Also reshape the faces: a smooth displacement field (8x8 control points, each moved at most this many "
-        "pixels per 64 px of image side; default 2 p: 0.66, 1.32, 2 at low, medium, high; 0: off) optimized with "
+        "pixels per 64 px of image side; default 3 p: 0.99, 1.98, 3 at low, medium, high; 0: off) optimized with "
         "the perturbation by the identity defenses. Geometry survives a blur and transfers to unseen FR models "
         "better than texture.",
         ge=0,
@@ -279,7 +283,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         max_denoise_timestep=config.max_denoise_timestep,
         defense=config.defense,
         cloak_steps=config.cloak_steps,
-        warp=pick(config.warp, 2.0 * level),
+        warp=pick(config.warp, WARP_PER_LEVEL * level),
     )
     # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
     # ASPL keep their published definitions (nothing is loaded, warped or recorded for them).
