@@ -124,8 +124,8 @@ def test_interface(facenet: FaceNet) -> None:
 
 
 def test_kernels_sit_channels_last(facenet: FaceNet) -> None:
-    # The layout that sends the 1x1 convolutions to oneDNN on the CPU (iddm.faces.base.place): ~1.4x faster data
-    # steps (benchmarks/bench_data_step.py); test_matches_opencv_reference checks the embeddings in it.
+    # The layout that sends the 1x1 convolutions to oneDNN on the CPU (iddm.faces.base.place): FaceNet ~1.4x faster
+    # (benchmarks/bench_data_step.py); test_matches_opencv_reference checks the embeddings in it.
     kernels = [p for p in facenet.model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
     assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
     facenet.to("cpu")
