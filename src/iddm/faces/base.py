@@ -81,7 +81,7 @@ def place(model: nn.Module, device: torch.device | str) -> nn.Module:
 
     Why: on the CPU, PyTorch sends 1x1 convolutions of small batches on one thread to its slow reference kernel
     unless the weights are channels-last, which routes them to oneDNN; FaceNet's forward and backward pass (a
-    surrogate of every data step) then runs ~1.4x faster, SFace's about as fast, for the same embeddings to 1e-7
+    surrogate of every data step) then runs ~1.4x faster, SFace's about as fast, for the same embeddings to 1e-6
     (``benchmarks/bench_data_step.py``). cuDNN favours the layout too under mixed precision.
     """
     return model.to(device, memory_format=torch.channels_last)
