@@ -6,7 +6,7 @@ x̂0 path (VAE encode, UNet, VAE decode; forward and backward to the photos) and
 backward pass on the photos' crops. The surrogates are timed with their weights in channels-last memory format
 (iddm's placement, :func:`iddm.faces.base.place`) and, as the baseline of the same run, contiguous. Each
 measurement is the best of ``--repeats``, the variants taking turns so that a busy machine slows both alike.
-The last column projects IDDM's wall time over vanilla's at equal steps from the run's own plan (rounds x data
+The last row projects IDDM's loop time over vanilla's at equal steps from the run's own plan (rounds x data
 steps).
 
 Usage::
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_faces import best_seconds  # this folder is on sys.path when the script runs
 
 from iddm.decouple.objective import ObjectiveInputs
 from iddm.decouple.privacy import PrivacyConfig
@@ -31,19 +31,6 @@ from iddm.schedule.config import PersonalizeConfig
 from iddm.schedule.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def best_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best wall time of each function in milliseconds; they take turns after one warm-up call each."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, record in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            record.append(time.perf_counter() - start)
-    return [min(record) * 1000 for record in times]
 
 
 def with_layout(recognizers, memory_format: torch.memory_format, fn: Callable[[], object]) -> Callable[[], object]:
@@ -100,7 +87,7 @@ def main() -> None:
     parts += [("data step", data_step)]
     layouts = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
     fns = [with_layout(identity.recognizers, fmt, fn) for _, fn in parts for fmt in layouts.values()]
-    times = best_ms(fns, args.repeats)
+    times = [seconds * 1000 for seconds in best_seconds(fns, args.repeats)]
     for recognizer in identity.recognizers:
         place(recognizer.model, clean.device)
 
@@ -118,7 +105,7 @@ def main() -> None:
     data = times[-2:]
     projected = [(plan.total_steps * s + data_steps * d) / (plan.total_steps * s) for s, d in zip(step, data)]
     print(f"| data step / personalization step | {data[0] / step[0]:.1f} | {data[1] / step[1]:.1f} | |")
-    print(f"| projected IDDM / vanilla wall time | {projected[0]:.2f} | {projected[1]:.2f} | |")
+    print(f"| projected IDDM / vanilla loop time | {projected[0]:.2f} | {projected[1]:.2f} | |")
 
 
 if __name__ == "__main__":
