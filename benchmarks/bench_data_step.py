@@ -5,7 +5,7 @@ the photos given), then timed: one personalization step, one data step, and insi
 x̂0 path (VAE encode, UNet, VAE decode; forward and backward to the photos) and each surrogate's forward and
 backward pass on the photos' crops. The surrogates are timed with their weights in channels-last memory format
 (iddm's placement, :func:`iddm.faces.base.place`) and, as the baseline of the same run, contiguous. Each
-measurement is the best of ``--repeats``, the variants taking turns so that a busy machine slows both alike.
+measurement is the best of ``--repeats``, the layouts taking turns so that a busy machine slows both alike.
 The last row projects IDDM's loop time over vanilla's at equal steps from the run's own plan (rounds x data
 steps).
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,22 +25,22 @@ from bench_faces import best_seconds  # this folder is on sys.path when the scri
 
 from iddm.decouple.objective import ObjectiveInputs
 from iddm.decouple.privacy import PrivacyConfig
-from iddm.faces.base import place
 from iddm.schedule.config import PersonalizeConfig
 from iddm.schedule.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def with_layout(recognizers, memory_format: torch.memory_format, fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` run with every surrogate's weights in ``memory_format``."""
-
-    def run():
-        for recognizer in recognizers:
-            recognizer.model.to(memory_format=memory_format)
-        fn()
-
-    return run
+def best_ms_per_layout(recognizers, layouts: list[torch.memory_format], fns, repeats: int) -> list[list[float]]:
+    """Best time in ms of each of ``fns`` with the surrogates' weights in each layout, ``[layout][fn]``. The layouts
+    take turns ``repeats`` times and the conversion between them is not timed."""
+    best = [[float("inf")] * len(fns) for _ in layouts]
+    for _ in range(repeats):
+        for row, memory_format in zip(best, layouts):
+            for recognizer in recognizers:
+                recognizer.model.to(memory_format=memory_format)
+            row[:] = [min(b, seconds * 1000) for b, seconds in zip(row, best_seconds(fns, 1))]
+    return best
 
 
 def main() -> None:
@@ -85,11 +84,9 @@ def main() -> None:
     parts = [("personalization step", personalization_step), ("x̂0 path (fwd+bwd)", x0_path)]
     parts += [(f"{r.name} (fwd+bwd)", surrogate(r)) for r in identity.recognizers]
     parts += [("data step", data_step)]
-    layouts = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
-    fns = [with_layout(identity.recognizers, fmt, fn) for _, fn in parts for fmt in layouts.values()]
-    times = [seconds * 1000 for seconds in best_seconds(fns, args.repeats)]
-    for recognizer in identity.recognizers:
-        place(recognizer.model, clean.device)
+    layouts = [torch.contiguous_format, torch.channels_last]
+    fns = [fn for _, fn in parts]
+    contiguous, channels_last = best_ms_per_layout(identity.recognizers, layouts, fns, args.repeats)
 
     data_steps = plan.rounds * plan.data_steps
     print(
@@ -98,11 +95,10 @@ def main() -> None:
     )
     print("| part | contiguous ms | channels-last ms | ratio |")
     print("|---|---|---|---|")
-    for i, (name, _) in enumerate(parts):
-        base, ours = times[2 * i], times[2 * i + 1]
+    for (name, _), base, ours in zip(parts, contiguous, channels_last):
         print(f"| {name} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x |")
-    step = times[0:2]
-    data = times[-2:]
+    step = contiguous[0], channels_last[0]
+    data = contiguous[-1], channels_last[-1]
     projected = [(plan.total_steps * s + data_steps * d) / (plan.total_steps * s) for s, d in zip(step, data)]
     print(f"| data step / personalization step | {data[0] / step[0]:.1f} | {data[1] / step[1]:.1f} | |")
     print(f"| projected IDDM / vanilla loop time | {projected[0]:.2f} | {projected[1]:.2f} | |")
