@@ -37,6 +37,8 @@ WEIGHT_FILES = (
     "text_encoder/model.safetensors",
 )
 TINY = dict(
+    autoencoder="train",
+    unet_attention_head_dim=8,
     resolution=32,
     vae_channels=[8, 16],
     unet_channels=[16, 32],
@@ -55,6 +57,7 @@ TINY = dict(
     num_threads=1,
 )
 TINY_FLAGS = [
+    "--autoencoder", "train", "--unet_attention_head_dim", "8",
     "--resolution", "32", "--vae_channels", "8", "16", "--unet_channels", "16", "32", "--unet_layers_per_block", "1",
     "--unet_attention_levels", "1", "--text_hidden_size", "16", "--text_layers", "1", "--vae_batch_size", "4",
     "--unet_batch_size", "4", "--lr_warmup_steps", "1", "--num_sample_images", "0", "--num_threads", "1",

@@ -7,7 +7,10 @@ a similarity transform onto the ArcFace template zoomed out by ``margin``, ``war
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tqdm.auto import tqdm
 from iddm.diffusion.data import aligned_template, to_tensor, warp_crop
 from iddm.faces import detect_faces, select_single_face, similarity_transform
 from iddm.images import IMAGE_EXTENSIONS, PhotoError, file_sha256, load_photo
+from iddm.prior.captions import labels_from_path
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,8 @@ CORPUS_EXTENSIONS = IMAGE_EXTENSIONS | {".pgm", ".ppm", ".pnm"}
 """Photo file types of a corpus (ORL ships PGM)."""
 GRAY_TOLERANCE = 6
 """A photo whose RGB channels differ by at most this (0..255) at every pixel counts as greyscale."""
+CFP_PREFIX = re.compile(r"^\d+_")
+"""CFP's identity folders are ``NNN_Name``; exclusion by name ignores the number."""
 
 
 @dataclass
@@ -35,18 +41,22 @@ class Corpus:
     Attributes:
         images: ``(N, R, R, 3)`` uint8 RGB crops (grey photos replicated to 3 channels).
         gray: ``(N,)`` bool, the photo is greyscale (captioned as black and white).
+        labels: what the corpus says of each crop (:func:`iddm.prior.captions.labels_from_path`).
         identities: identity name of each crop (its folder relative to the corpus root).
         paths: source file of each crop.
         skipped: ``"path: reason"`` for every file that was not used.
         excluded: identities found but left out (held out).
+        fingerprint: SHA-256 over the used files' contents and order (keys caches of their latents).
     """
 
     images: np.ndarray
     gray: np.ndarray
+    labels: list[dict[str, str]]
     identities: list[str]
     paths: list[Path]
     skipped: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    fingerprint: str = ""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,6 +75,7 @@ class Corpus:
             "identities": self.num_identities,
             "color_photos": int((~self.gray).sum()),
             "gray_photos": int(self.gray.sum()),
+            "labels": label_counts(self.labels),
             "held_out_identities": self.excluded,
             "skipped": self.skipped,
         }
@@ -78,6 +89,16 @@ class Corpus:
             return images, gray
         both = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
         return both, gray.repeat_interleave(2)
+
+
+def label_counts(labels: list[dict[str, str]]) -> dict[str, dict[str, int]]:
+    """``{label: {value: photos}}`` over ``labels``, sorted."""
+    counts: dict[str, dict[str, int]] = {}
+    for entry in labels:
+        for key, value in entry.items():
+            counts.setdefault(key, {}).setdefault(value, 0)
+            counts[key][value] += 1
+    return {key: dict(sorted(values.items())) for key, values in sorted(counts.items())}
 
 
 def find_identities(data_dir: Path) -> dict[str, list[Path]]:
@@ -102,9 +123,20 @@ def find_identities(data_dir: Path) -> dict[str, list[Path]]:
 
 
 def is_excluded(identity: str, exclude: list[str]) -> bool:
-    """``identity`` (``a/b/Name``) matches an entry of ``exclude`` by folder name or by relative path."""
-    parts = identity.split("/")
-    return any(entry.strip("/") in (identity, parts[-1]) for entry in exclude)
+    """``identity`` (``a/b/Name``) matches an entry of ``exclude`` by relative path, folder name, or folder name
+    without CFP's number (``cfp/123_Name`` matches ``Name``)."""
+    name = identity.split("/")[-1]
+    return any(entry.strip("/") in (identity, name, CFP_PREFIX.sub("", name)) for entry in exclude)
+
+
+def split_cfp(identities: list[str], count: int, seed: int = 0) -> list[str]:
+    """The CFP identities held out for evaluation: ``count`` of the folders under a ``cfp`` folder, drawn with
+    ``random.Random(seed)`` from their sorted names; returned sorted. The same rule gives the same people on any
+    copy of the corpus (``benchmarks/make_eval_set.py --cfp`` writes their evaluation set)."""
+    cfp = sorted(identity for identity in identities if "cfp" in identity.split("/")[:-1])
+    if count > len(cfp):
+        raise ValueError(f"--held_out_cfp {count}: only {len(cfp)} CFP identities in the corpus.")
+    return sorted(random.Random(seed).sample(cfp, count))
 
 
 def is_gray_file(path: Path, pixels: np.ndarray) -> bool:
@@ -134,8 +166,12 @@ def load_corpus(
     margin: float,
     min_identities: int = 2,
     skip_bad_photos: bool = True,
+    held_out_cfp: int = 0,
 ) -> Corpus:
     """Scan, read, detect and crop every photo of the non-excluded identities of ``data_dir``.
+
+    Left out: identities matching ``exclude`` (:func:`is_excluded`) and, if the corpus has CFP identities, the
+    ``held_out_cfp`` of :func:`split_cfp`.
 
     Byte-identical files are used once. Unreadable photos and photos without a face are skipped with a
     warning (``skip_bad_photos``) or stop the run with one error listing all of them.
@@ -145,11 +181,14 @@ def load_corpus(
             ``min_identities`` identities with a usable photo.
     """
     found = find_identities(data_dir)
-    excluded = sorted(identity for identity in found if is_excluded(identity, exclude))
+    has_cfp = any("cfp" in identity.split("/")[:-1] for identity in found)
+    held_out = split_cfp(list(found), held_out_cfp) if held_out_cfp and has_cfp else []
+    excluded = sorted(identity for identity in found if is_excluded(identity, exclude) or identity in held_out)
     kept = {identity: paths for identity, paths in found.items() if identity not in excluded}
     if not kept:
         raise PhotoError(f"{data_dir}: every identity is excluded ({excluded}); nothing left to pretrain on.")
-    images, gray, identities, used, skipped, seen = [], [], [], [], [], {}
+    images, gray, labels, identities, used, skipped, seen = [], [], [], [], [], [], {}
+    fingerprint = hashlib.sha256()
     files = [(identity, path) for identity, paths in kept.items() for path in paths]
     for identity, path in tqdm(files, desc="detect + crop", unit="photo", leave=False):
         digest = file_sha256(path)
@@ -163,8 +202,10 @@ def load_corpus(
         except (PhotoError, ValueError) as err:
             skipped.append(str(err))
             continue
+        fingerprint.update(f"{path.relative_to(data_dir).as_posix()}:{digest}\n".encode())
         images.append(crop)
         gray.append(is_gray_file(path, photo))
+        labels.append(labels_from_path(path, gray[-1]))
         identities.append(identity)
         used.append(path)
     if skipped and not skip_bad_photos:
@@ -173,10 +214,25 @@ def load_corpus(
             + "; ".join(skipped)
         )
     for problem in skipped:
-        logger.warning("Skipping photo: %s", problem)
+        logger.info("Skipped photo: %s", problem)
+    if skipped:
+        logger.warning(
+            "Skipped %d of %d photo(s) (unreadable, no face or a face too small; listed in the log).",
+            len(skipped),
+            len(files),
+        )
     if not used:
         raise PhotoError(f"{data_dir}: none of {len(files)} photo(s) has a usable face; cannot pretrain a face prior.")
-    corpus = Corpus(np.stack(images), np.array(gray, dtype=bool), identities, used, skipped, excluded)
+    corpus = Corpus(
+        np.stack(images),
+        np.array(gray, dtype=bool),
+        labels,
+        identities,
+        used,
+        skipped,
+        excluded,
+        fingerprint.hexdigest(),
+    )
     if corpus.num_identities < min_identities:
         raise PhotoError(
             f"{data_dir}: {corpus.num_identities} identity with usable photos, at least {min_identities} needed "

@@ -1,7 +1,8 @@
 """The prior's components in Stable Diffusion's shape, built from a :class:`PretrainConfig`.
 
-* ``AutoencoderKL``: ``R x R x 3`` images in ``[-1, 1]`` <-> ``R/f x R/f x latent_channels`` latents,
-  ``f = 2 ** (len(vae_channels) - 1)`` (64 px -> 16x16x4 with the defaults);
+* the autoencoder: the shipped pretrained TAEF2 (``autoencoder="taef2"``: ``R x R x 3`` <-> ``R/8 x R/8 x 32``,
+  128 px -> 16x16x32), or an ``AutoencoderKL`` to train (``"train"``: ``f = 2 ** (len(vae_channels) - 1)``,
+  ``latent_channels``; 64 px -> 16x16x4 with the 64-px prior's settings);
 * ``UNet2DConditionModel`` on those latents, cross-attending to the text encoder;
 * a tiny **frozen, randomly initialized** ``CLIPTextModel`` (SD's text encoder is frozen too) with the real
   CLIP tokenizer (:func:`iddm.diffusion.tiny.build_clip_tokenizer`).
@@ -13,13 +14,22 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from iddm.diffusion.taef2 import TinyFluxAutoencoder
 from iddm.diffusion.tiny import CLIP_VOCAB_SIZE
 from iddm.prior.config import PretrainConfig
+from iddm.weights import taef2_path
+
+TAEF2_FACTOR, TAEF2_CHANNELS = 8, 32
 
 
 def vae_factor(config: PretrainConfig) -> int:
-    """Downsampling factor of the autoencoder (4 with three blocks)."""
-    return 2 ** (len(config.vae_channels) - 1)
+    """Downsampling factor of the autoencoder (TAEF2: 8; a trained ``AutoencoderKL``: 4 with three blocks)."""
+    return TAEF2_FACTOR if config.autoencoder == "taef2" else 2 ** (len(config.vae_channels) - 1)
+
+
+def latent_channels(config: PretrainConfig) -> int:
+    """Latent channels of the autoencoder (TAEF2: 32; a trained one: ``config.latent_channels``)."""
+    return TAEF2_CHANNELS if config.autoencoder == "taef2" else config.latent_channels
 
 
 def _groups(channels: list[int]) -> int:
@@ -45,7 +55,12 @@ def check_architecture(config: PretrainConfig) -> None:
         )
 
 
-def build_vae(config: PretrainConfig) -> AutoencoderKL:
+def build_vae(config: PretrainConfig) -> AutoencoderKL | TinyFluxAutoencoder:
+    """The shipped TAEF2 (verified by SHA-256, frozen) or a fresh ``AutoencoderKL`` to train."""
+    if config.autoencoder == "taef2":
+        vae = TinyFluxAutoencoder.from_pretrained(taef2_path(), torch_dtype=torch.float32)
+        vae.register_to_config(sample_size=config.resolution)
+        return vae.requires_grad_(False).eval()
     blocks = len(config.vae_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -68,8 +83,8 @@ def build_unet(config: PretrainConfig) -> UNet2DConditionModel:
     up = tuple(name.replace("Down", "Up") for name in reversed(down))
     return UNet2DConditionModel(
         sample_size=config.resolution // vae_factor(config),
-        in_channels=config.latent_channels,
-        out_channels=config.latent_channels,
+        in_channels=latent_channels(config),
+        out_channels=latent_channels(config),
         block_out_channels=tuple(config.unet_channels),
         layers_per_block=config.unet_layers_per_block,
         down_block_types=down,

@@ -1,11 +1,14 @@
-"""``iddm pretrain``: train the face prior (autoencoder, then latent UNet) and write it as a diffusers pipeline.
+"""``iddm pretrain``: train the face prior's latent UNet (after its autoencoder, if one is trained) and write it as a
+diffusers pipeline.
 
-One global step counter runs through both stages: steps ``1..vae_steps`` train the ``AutoencoderKL``
-(L1 + MSE reconstruction + KL), steps ``vae_steps + 1..vae_steps + unet_steps`` train the
-``UNet2DConditionModel`` (noise prediction on SD 1.x's scaled-linear schedule) on the frozen autoencoder's
-latents of every crop and its mirror image. All randomness (batches, posterior samples, caption dropout,
-noise, timesteps) comes from one CPU generator saved in every ``checkpoint-N``, so a killed run resumed
-with ``--resume_from_checkpoint latest`` ends with the same weights as an uninterrupted one.
+With the shipped TAEF2 (``autoencoder="taef2"``, the default) the corpus is encoded once into a shard cache
+(:mod:`iddm.prior.latents`) and steps ``1..unet_steps`` train the ``UNet2DConditionModel``. With
+``autoencoder="train"`` one global step counter runs through two stages: steps ``1..vae_steps`` train an
+``AutoencoderKL`` (L1 + MSE reconstruction + KL), the rest the UNet on its frozen latents. The UNet learns noise
+prediction on SD 1.x's scaled-linear schedule, conditioned on each photo's caption (:mod:`iddm.prior.captions`)
+through the frozen text encoder. All randomness (batches, posterior samples, caption and label dropout, noise,
+timesteps) comes from one CPU generator saved in every ``checkpoint-N``, so a killed run resumed with
+``--resume_from_checkpoint latest`` ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from iddm.config import config_to_dict
 from iddm.diffusion.accelerator import fresh_accelerator
 from iddm.diffusion.tiny import assemble_sd_pipeline, build_clip_tokenizer
 from iddm.images import atomic_write_json, check_writable_location, ensure_writable_dir, make_grid, save_png
+from iddm.prior.captions import caption, drop_labels
 from iddm.prior.config import PretrainConfig
-from iddm.prior.data import load_corpus
+from iddm.prior.data import Corpus, load_corpus
 from iddm.prior.defaults import personalization_defaults
-from iddm.prior.models import build_models, check_architecture, vae_factor
-from iddm.weights import MANIFEST_FILE, PRIOR_FILE, write_manifest
+from iddm.prior.latents import CACHE_DIR, cache_key, encode_corpus, module_digest
+from iddm.prior.models import build_models, check_architecture, latent_channels, vae_factor
+from iddm.weights import MANIFEST_FILE, PRIOR_FILE, taef2_path, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +99,15 @@ def _load_checkpoint(path: Path, state: dict) -> dict:
 def _check_config(config: PretrainConfig) -> Path:
     if config.output_dir is None:
         raise ValueError("--output_dir is required.")
+    if config.data_dir is None:
+        raise ValueError("--data_dir is required: the folder of face corpora (see data/faces/SOURCES.md).")
     if not 0 <= config.caption_dropout < 1:
         raise ValueError(f"--caption_dropout must be in [0, 1), got {config.caption_dropout}.")
-    if config.vae_steps < 1 or config.unet_steps < 1:
+    if not 0 <= config.label_dropout < 1:
+        raise ValueError(f"--label_dropout must be in [0, 1), got {config.label_dropout}.")
+    if config.held_out_cfp < 0:
+        raise ValueError(f"--held_out_cfp must be at least 0, got {config.held_out_cfp}.")
+    if config.unet_steps < 1 or (config.autoencoder == "train" and config.vae_steps < 1):
         raise ValueError("--vae_steps and --unet_steps must be at least 1.")
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise ValueError("--mixed_precision fp16 needs a CUDA GPU; use 'bf16' or 'no' on a CPU.")
@@ -117,6 +128,52 @@ def encode_captions(text_encoder, tokenizer, captions: list[str], device: torch.
         captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
     return text_encoder(tokens.to(device))[0].float()
+
+
+class CaptionBank:
+    """Frozen text-encoder outputs of captions, each distinct caption encoded once.
+
+    Call it with ``B`` captions to get their ``(B, 77, D)`` float32 states on ``device``.
+    """
+
+    def __init__(self, text_encoder, tokenizer, device: torch.device):
+        self.text_encoder, self.tokenizer, self.device = text_encoder, tokenizer, device
+        self.states: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = sorted(set(captions) - set(self.states))
+        if new:
+            encoded = encode_captions(self.text_encoder, self.tokenizer, new, self.device)
+            self.states.update(zip(new, encoded, strict=True))
+        return torch.stack([self.states[text] for text in captions])
+
+
+def batch_captions(
+    items: torch.Tensor, corpus: Corpus, config: PretrainConfig, flip: bool, generator: torch.Generator
+) -> list[str]:
+    """The captions of training items ``items`` (crop ``i // 2`` with mirrors): caption dropout to ``""`` first, then
+    per item its labels' caption (``captions="labels"``, with label dropout) or the colour/grey caption."""
+    crops = (items // 2 if flip else items).tolist()
+    dropped = (torch.rand(len(crops), generator=generator) < config.caption_dropout).tolist()
+    texts = []
+    for crop, drop in zip(crops, dropped, strict=True):
+        if config.captions == "labels":
+            text = caption(drop_labels(corpus.labels[crop], config.label_dropout, generator))
+        else:
+            text = config.gray_caption if corpus.gray[crop] else config.color_caption
+        texts.append("" if drop else text)
+    return texts
+
+
+def cached_latents(vae, corpus: Corpus, config: PretrainConfig, output_dir: Path) -> dict[str, torch.Tensor]:
+    """The frozen autoencoder's latents of every crop (and mirror), through the shard cache; sets its scaling factor
+    to ``1 / std`` of the latents, as for a trained one."""
+    key = cache_key(corpus.fingerprint, config.resolution, config.margin, config.flip, module_digest(vae))
+    mean = encode_corpus(vae, corpus.images, output_dir / CACHE_DIR / key, flip=config.flip)
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    logger.info("Latents %s of %d crops, scaling factor %.4f.", tuple(mean.shape[1:]), len(mean), scaling)
+    return {"mean": mean, "std": None, "scaling": torch.tensor(scaling)}
 
 
 @torch.no_grad()
@@ -175,37 +232,35 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         config.margin,
         config.min_identities,
         config.skip_bad_photos,
+        config.held_out_cfp,
     )
     ensure_writable_dir(output_dir)
     summary = corpus.summary()
     logger.info(
-        "Corpus: %d photos of %d identities (%d colour, %d grey), face detection rate %.3f; held out: %s.",
+        "Corpus: %d photos of %d identities (%d colour, %d grey), face detection rate %.3f; %d identities held out.",
         summary["photos_used"],
         summary["identities"],
         summary["color_photos"],
         summary["gray_photos"],
         summary["face_detection_rate"],
-        ", ".join(summary["held_out_identities"]) or "none",
+        len(summary["held_out_identities"]),
     )
-    images, gray = corpus.training_tensors(flip=True)
 
     vae, unet, text_encoder = build_models(config)
     tokenizer = build_clip_tokenizer()
     vae.to(device)
     unet.to(device)
     text_encoder.to(device)
-    captions = [config.color_caption, config.gray_caption, ""]
-    contexts = encode_captions(text_encoder, tokenizer, captions, device)
+    captions = CaptionBank(text_encoder, tokenizer, device)
     scheduler = noise_scheduler()
+    trains_vae = config.autoencoder == "train"
+    vae_steps = config.vae_steps if trains_vae else 0
+    images = corpus.training_tensors(flip=config.flip)[0] if trains_vae else None
+    # TAEF2 is frozen from the start: encode (or read the cache) before any step, so a resumed run reads it back.
+    latents = None if trains_vae else cached_latents(vae, corpus, config, output_dir)
 
-    vae_optimizer = torch.optim.AdamW(
-        vae.parameters(), lr=config.vae_learning_rate, weight_decay=config.adam_weight_decay
-    )
     unet_optimizer = torch.optim.AdamW(
         unet.parameters(), lr=config.unet_learning_rate, weight_decay=config.adam_weight_decay
-    )
-    vae_lr = get_scheduler(
-        "cosine", vae_optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.vae_steps
     )
     unet_lr = get_scheduler(
         "cosine", unet_optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.unet_steps
@@ -213,18 +268,22 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     ema = {name: p.detach().clone() for name, p in unet.named_parameters()}
     generator = torch.Generator().manual_seed(config.seed)
     state = {
-        "modules": {"vae": vae, "unet": unet},
+        "modules": {"unet": unet},
         "ema": ema,
         "generator": generator,
-        "optimizers": {
-            "vae_optimizer": vae_optimizer,
-            "unet_optimizer": unet_optimizer,
-            "vae_lr": vae_lr,
-            "unet_lr": unet_lr,
-        },
+        "optimizers": {"unet_optimizer": unet_optimizer, "unet_lr": unet_lr},
         "info": {},
     }
-    total = config.vae_steps + config.unet_steps
+    if trains_vae:
+        vae_optimizer = torch.optim.AdamW(
+            vae.parameters(), lr=config.vae_learning_rate, weight_decay=config.adam_weight_decay
+        )
+        vae_lr = get_scheduler(
+            "cosine", vae_optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.vae_steps
+        )
+        state["modules"]["vae"] = vae
+        state["optimizers"].update({"vae_optimizer": vae_optimizer, "vae_lr": vae_lr})
+    total = vae_steps + config.unet_steps
     start, seconds, losses = 0, {"vae": 0.0, "unet": 0.0}, {"vae": float("nan"), "unet": float("nan")}
     if checkpoint is not None:
         info = _load_checkpoint(checkpoint, state)
@@ -233,7 +292,6 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     elif config.resume_from_checkpoint is not None:
         logger.info("No checkpoint in %s yet: starting from step 0.", output_dir)
 
-    latents = None
     progress = tqdm(
         range(start, total),
         initial=start,
@@ -244,7 +302,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     )
     tick = time.perf_counter()
     for step in progress:
-        stage = "vae" if step < config.vae_steps else "unet"
+        stage = "vae" if step < vae_steps else "unet"
         if stage == "vae":
             vae.train()
             loss = _vae_step(vae, images, config, generator, accelerator)
@@ -253,7 +311,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
             if latents is None:
                 latents = _freeze_and_encode(vae, images)
             unet.train()
-            loss = _unet_step(unet, latents, gray, contexts, scheduler, config, generator, accelerator)
+            loss = _unet_step(unet, latents, corpus, captions, scheduler, config, generator, accelerator)
             optimizer, lr_scheduler, parameters = unet_optimizer, unet_lr, list(unet.parameters())
         accelerator.backward(loss)
         if config.max_grad_norm > 0:
@@ -262,7 +320,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if stage == "unet":
-            _ema_update(ema, unet, config.ema_decay, step - config.vae_steps)
+            _ema_update(ema, unet, config.ema_decay, step - vae_steps)
         value = loss.detach().item()
         # A smoothed loss for the bar and the result (one step's loss is noisy).
         losses[stage] = value if np.isnan(losses[stage]) else 0.98 * losses[stage] + 0.02 * value
@@ -316,19 +374,20 @@ def _freeze_and_encode(vae: AutoencoderKL, images: torch.Tensor) -> dict[str, to
     return {"mean": mean, "std": std, "scaling": torch.tensor(scaling)}
 
 
-def _unet_step(unet, latents, gray, contexts, scheduler, config: PretrainConfig, generator, accelerator):
-    """Noise-prediction MSE on a random batch of latents with colour/grey/empty captions."""
+def _unet_step(unet, latents, corpus, captions, scheduler, config: PretrainConfig, generator, accelerator):
+    """Noise-prediction MSE on a random batch of latents, each with its caption (or the empty one)."""
     device = accelerator.device
     indices = torch.randint(0, len(latents["mean"]), (config.unet_batch_size,), generator=generator)
-    mean, std = latents["mean"][indices], latents["std"][indices]
-    sample = (mean + std * torch.randn(mean.shape, generator=generator)) * latents["scaling"]
-    dropped = torch.rand(config.unet_batch_size, generator=generator) < config.caption_dropout
-    caption = torch.where(dropped, torch.full_like(indices, 2), gray[indices].long())
+    mean = latents["mean"][indices]
+    if latents["std"] is not None:  # a trained AutoencoderKL's posterior sample
+        mean = mean + latents["std"][indices] * torch.randn(mean.shape, generator=generator)
+    sample = mean * latents["scaling"]
+    context = captions(batch_captions(indices, corpus, config, config.flip, generator))
     noise = torch.randn(sample.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.unet_batch_size,), generator=generator)
     noisy = scheduler.add_noise(sample, noise, timesteps)
     with accelerator.autocast():
-        prediction = unet(noisy.to(device), timesteps.to(device), contexts[caption.to(device)]).sample
+        prediction = unet(noisy.to(device), timesteps.to(device), context).sample
     return F.mse_loss(prediction.float(), noise.to(device))
 
 
@@ -367,6 +426,8 @@ def _write_prior(
                 path,
                 metadata={"format": "pt"},
             )
+    if config.autoencoder == "taef2":  # TAEF2's MIT notice goes wherever its weights go
+        shutil.copy(taef2_path() / "LICENSE", tmp / "vae" / "LICENSE")
     (output_dir / MANIFEST_FILE).unlink(missing_ok=True)  # until the new manifest exists, the folder is unfinished
     for entry in tmp.iterdir():
         target = output_dir / entry.name
@@ -376,12 +437,15 @@ def _write_prior(
     tmp.rmdir()
     if grid is not None:
         save_png(output_dir / "samples.png", grid)
-    factor = vae_factor(config)
+    side = config.resolution // vae_factor(config)
     info = {
         "kind": "iddm face prior: a small latent diffusion model in Stable Diffusion 1.x's shape",
+        "autoencoder": (
+            "TAEF2 (pretrained by Ollin Boer Bohan, MIT; frozen)" if config.autoencoder == "taef2" else "AutoencoderKL"
+        ),
         "personalization": personalization_defaults(config),
-        "captions": {"color": config.color_caption, "gray": config.gray_caption, "dropout": config.caption_dropout},
-        "latent_shape": [config.latent_channels, config.resolution // factor, config.resolution // factor],
+        "captions": _caption_info(config),
+        "latent_shape": [latent_channels(config), side, side],
         "scaling_factor": float(latents["scaling"]),
         "parameters": {
             "unet": sum(p.numel() for p in unet.parameters()),
@@ -403,12 +467,28 @@ def _write_prior(
     write_manifest(output_dir)
 
 
+def _caption_info(config: PretrainConfig) -> dict:
+    if config.captions == "labels":
+        return {
+            "kind": "from the corpora's labels (iddm.prior.captions)",
+            "label_dropout": config.label_dropout,
+            "dropout": config.caption_dropout,
+            "examples": config.sample_prompts,
+        }
+    return {"color": config.color_caption, "gray": config.gray_caption, "dropout": config.caption_dropout}
+
+
+def sample_prompts(config: PretrainConfig) -> list[str]:
+    """The prompts of the samples grid: ``sample_prompts`` with label captions, else the two captions."""
+    return list(config.sample_prompts) if config.captions == "labels" else [config.color_caption, config.gray_caption]
+
+
 @torch.no_grad()
 def sample_images(
     pipeline: StableDiffusionPipeline, count: int, config: PretrainConfig, prompts: list[str] | None = None
 ) -> list[np.ndarray]:
     """``count`` uint8 ``(R, R, 3)`` samples; sample ``i`` uses seed ``config.seed + i`` and ``prompts[i % len]``."""
-    prompts = prompts or [config.color_caption, config.gray_caption]
+    prompts = prompts or sample_prompts(config)
     images = []
     for i in range(count):
         generator = torch.Generator().manual_seed(config.seed + i)

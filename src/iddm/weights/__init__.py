@@ -72,6 +72,22 @@ def verify_manifest(folder: str | Path) -> None:
         )
 
 
+def _shipped_folder(name: str, what: str) -> Path:
+    folder = Path(__file__).resolve().parent / name
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"The shipped {what} {folder} is missing (an install without package data?). Reinstall iddm."
+        )
+    verify_manifest(folder)
+    return folder
+
+
+def taef2_path() -> Path:
+    """TAEF2, the pretrained tiny autoencoder (MIT, ``taef2/LICENSE``) as a diffusers model folder of
+    :class:`iddm.diffusion.taef2.TinyFluxAutoencoder`, verified against its SHA-256 manifest."""
+    return _shipped_folder("taef2", "TAEF2 autoencoder")
+
+
 def default_prior_path() -> Path:
     """The face prior shipped with iddm (``iddm/weights/face_prior``), verified against its SHA-256 manifest.
 
