@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 from iddm.cli import main
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+REPO = Path(__file__).resolve().parents[1]
 FAST = (
     "--pretrained_model_name_or_path iddm:micro --resolution 32 --validation_steps 0 --num_validation_images 1 "
     "--num_inference_steps 1 --checkpointing_steps 0 "
@@ -753,6 +754,20 @@ def test_two_people_go_on_with_allow_mixed_identities(tmp_path, caplog, capsys):
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "show someone else than the others: biden_1.jpg (going on: --allow_mixed_identities)" in caplog.text
+
+
+def test_one_person_at_64_px_portrait_crops_is_not_called_two(tmp_path):
+    """Tony Blair's 0004/0010/0014: SFace on the 64-px portrait training crops put 0004 and 0014 below its threshold
+    (0.31), so the set was refused as two people; full-resolution alignments and two FR models agree it is one."""
+    from iddm.diffusion.data import identity_outliers, prepare_photos
+
+    folder = tmp_path / "blair"
+    folder.mkdir()
+    for name in ("set_A/Tony_Blair_0004.jpg", "set_B/Tony_Blair_0010.jpg", "set_B/Tony_Blair_0014.jpg"):
+        shutil.copy(REPO / "data" / "eval" / "Tony_Blair" / name, folder)
+    assert identity_outliers(prepare_photos(folder, 64, crop="portrait")) == []
+    shutil.copy(PHOTOS / "biden_1.jpg", folder)
+    assert [p.name for p in identity_outliers(prepare_photos(folder, 64, crop="portrait"))] == ["biden_1.jpg"]
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------------

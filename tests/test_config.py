@@ -11,6 +11,7 @@ import yaml
 from iddm.config import ConfigError, build_config, config_from_namespace, config_to_dict, flat_fields, load_yaml
 from iddm.decouple.privacy import PrivacyConfig
 from iddm.diffusion.generate import GenerateConfig
+from iddm.diffusion.loading import DEFAULT_MODEL
 from iddm.schedule.config import PersonalizeConfig
 
 REQUIRED = ("--photos", "me/photos", "--output_dir", "runs/me")
@@ -296,6 +297,14 @@ def test_generate_command_builds_generate_config(parser, tmp_path):
     assert config.num_images == 3
     assert config.guidance_scale == 7.0 and isinstance(config.guidance_scale, float)
     assert config.device is None
+
+
+def test_generate_and_personalize_default_to_the_same_base_model(parser):
+    generate = config_from_namespace(GenerateConfig, parser.parse_args(["generate", "--output_dir", "out"]))
+    personalize = config_from_namespace(
+        PersonalizeConfig, parser.parse_args(["personalize", "--photos", "p", "--output_dir", "o"])
+    )
+    assert generate.pretrained_model_name_or_path == personalize.pretrained_model_name_or_path == DEFAULT_MODEL
 
 
 @pytest.mark.parametrize("cls", [PersonalizeConfig, GenerateConfig])

@@ -133,28 +133,44 @@ def prepare_photos(
     return TrainingPhotos(images=torch.stack(images), landmarks=torch.stack(landmarks), paths=used)
 
 
-def identity_outliers(photos: TrainingPhotos, recognizer_name: str = "sface") -> list[Path]:
-    """Photos whose face does not match the majority identity of ``photos`` under an FR model.
+IDENTITY_CHECK_MODELS = ("sface", "facenet")
+"""FR models that must all agree before a photo is called someone else's (one model alone errs on hard pairs)."""
 
-    Two photos match when their cosine is at least the model's threshold. The majority is the largest
-    group of photos matching one photo; every photo outside it is returned (all of them when no group
-    holds more than half the photos, e.g. two photos of two people).
+
+def _majority_outliers(embeddings: torch.Tensor, threshold: float) -> set[int]:
+    """Indices outside the largest group of embeddings ``(N, D)`` matching one of them (cosine >= ``threshold``);
+    all of them when no group holds more than half."""
+    matches = (embeddings @ embeddings.T) >= threshold
+    group = matches[int(matches.sum(1).argmax())]
+    if int(group.sum()) * 2 <= len(embeddings):
+        return set(range(len(embeddings)))
+    return {i for i, inside in enumerate(group.tolist()) if not inside}
+
+
+def identity_outliers(photos: TrainingPhotos, recognizer_names: tuple[str, ...] = IDENTITY_CHECK_MODELS) -> list[Path]:
+    """Photos whose face does not match the majority identity of ``photos`` under every FR model of
+    ``recognizer_names``.
+
+    Each original photo is re-read and aligned at its own resolution by the recognizer's template: the training
+    crops (64 px, say) lose detail a recognizer needs, and one model on low-resolution crops called a single
+    person's photos someone else's. A photo counts as an outlier only when every model puts it outside the
+    majority (see :func:`_majority_outliers`), so a true second person is still caught.
     """
     if len(photos) < 2:
         return []
-    recognizer = load_recognizer(recognizer_name)
-    crops = [
-        align_crop(image, points.numpy(), recognizer.template, recognizer.input_size)
-        for image, points in zip(photos.as_uint8(), photos.landmarks)
-    ]
-    with torch.no_grad():
-        embeddings = recognizer.embed(torch.stack([to_tensor(c) for c in crops]))
-    matches = (embeddings @ embeddings.T) >= recognizer.threshold
-    anchor = int(matches.sum(1).argmax())
-    group = matches[anchor]
-    if int(group.sum()) * 2 <= len(photos):
-        return list(photos.paths)
-    return [path for path, inside in zip(photos.paths, group.tolist()) if not inside]
+    faces = []
+    for path in photos.paths:
+        image = load_photo(path)
+        faces.append((image, detect_single_face(image, source=str(path)).landmarks))
+    flagged: set[int] | None = None
+    for name in recognizer_names:
+        recognizer = load_recognizer(name)
+        crops = [align_crop(image, points, recognizer.template, recognizer.input_size) for image, points in faces]
+        with torch.no_grad():
+            embeddings = recognizer.embed(torch.stack([to_tensor(c) for c in crops]))
+        outliers = _majority_outliers(embeddings, recognizer.threshold)
+        flagged = outliers if flagged is None else flagged & outliers
+    return [path for i, path in enumerate(photos.paths) if i in flagged]
 
 
 def check_single_identity(photos: TrainingPhotos, allow: bool = False) -> None:

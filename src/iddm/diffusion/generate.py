@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from iddm.config import field
 from iddm.diffusion.backbone import INSTANCE_PROMPT, Backbone
 from iddm.diffusion.data import to_uint8
-from iddm.diffusion.loading import load_backbone
+from iddm.diffusion.loading import DEFAULT_MODEL, load_backbone
 from iddm.diffusion.sampling import sample
 from iddm.diffusion.stable_diffusion import LORA_WEIGHT_NAME
 from iddm.images import check_writable_location, ensure_writable_dir, make_grid, save_png
+from iddm.progress import progress_bar
 from iddm.run_layout import RUN_FILE, is_run_dir, resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerateConfig:
-    pretrained_model_name_or_path: str | None = field(
-        None,
-        help="A run folder of `iddm personalize` (or its model/), a diffusers SD folder, or a hub id.",
-        required=True,
+    pretrained_model_name_or_path: str = field(
+        DEFAULT_MODEL,
+        help=f"A run folder of `iddm personalize` (or its model/), a diffusers SD folder, a hub id, or a built-in "
+        f"model; the default is personalize's ({DEFAULT_MODEL}).",
     )
     lora: Path | None = field(None, help="Folder holding pytorch_lora_weights.safetensors to load onto the model.")
     output_dir: Path | None = field(None, help="Where the PNGs and grid.png are written.", required=True)
@@ -85,7 +85,7 @@ def generate_images(
 ) -> list[np.ndarray]:
     """``num_images`` uint8 ``(H, W, 3)`` images cycling through ``prompts``; image ``i`` uses seed ``seed + i``."""
     images = []
-    for i in tqdm(range(num_images), desc="generate", unit="image", disable=not progress):
+    for i in progress_bar(range(num_images), desc="generate", unit="image", disable=not progress):
         generator = torch.Generator().manual_seed(seed + i)
         batch = sample(
             backbone, [prompts[i % len(prompts)]], generator, num_inference_steps, guidance_scale, negative_prompt

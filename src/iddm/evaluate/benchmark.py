@@ -194,12 +194,12 @@ def run_cells_sequentially(
     cells: Sequence[Cell], identities: Sequence[Identity], faces: Mapping[str, FaceSet], plan: CellPlan
 ) -> list[CellRecord | CellFailure]:
     """Run ``cells`` one after the other in this process, with a progress bar."""
-    from tqdm.auto import tqdm
+    from iddm.progress import progress_bar
 
     by_name = {i.name: i for i in identities}
     outcomes: list[CellRecord | CellFailure] = []
     failed = 0
-    with tqdm(total=len(cells), desc="benchmark cells", unit="cell") as bar:
+    with progress_bar(total=len(cells), desc="benchmark cells", unit="cell") as bar:
         for cell in cells:
             bar.set_postfix_str(f"done {len(outcomes) - failed}, failed {failed}, running {cell.label}")
             outcome = execute_cell(cell, by_name[cell.identity], faces, plan)

@@ -154,11 +154,11 @@ def cached_backends(keys: tuple[str, ...]) -> dict[str, FaceRecognizer]:
 
 def embed_identities(identities: Sequence[Identity], recognizers: Mapping[str, FaceRecognizer]) -> dict[str, FaceSet]:
     """Identity -> every photo of it embedded (in ``photos`` order); an unreadable photo counts as no face."""
-    from tqdm.auto import tqdm
+    from iddm.progress import progress_bar
 
     rec = list(recognizers.values())
     faces = {}
-    for identity in tqdm(identities, desc="attacker: embedding the dataset", unit="identity", leave=False):
+    for identity in progress_bar(identities, desc="attacker: embedding the dataset", unit="identity", leave=False):
         images, readable = [], []
         for path in identity.photos:
             try:

@@ -122,7 +122,7 @@ def run_cells_on_ray(
     Returns:
         The outcome of every cell, in completion order.
     """
-    from tqdm.auto import tqdm
+    from iddm.progress import progress_bar
 
     ray = require_ray()
     started = time.perf_counter()
@@ -146,7 +146,7 @@ def run_cells_on_ray(
         queue = sorted(cells, key=lambda c: expected_cost(c, by_name[c.identity]), reverse=True)
         limit = workers or len(cells)
         failed = 0
-        with tqdm(total=len(cells), desc="benchmark cells", unit="cell") as bar:
+        with progress_bar(total=len(cells), desc="benchmark cells", unit="cell") as bar:
             while queue or in_flight:
                 while queue and len(in_flight) < limit:
                     cell = queue.pop(0)

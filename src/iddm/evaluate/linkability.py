@@ -61,13 +61,13 @@ def embed_images(
     """Detect the largest face of each ``(H, W, 3)`` uint8 image and embed it with every recognizer.
 
     Args:
-        progress: description of a tqdm bar over the images (in batches of :data:`EMBED_BATCH`); ``None``: no bar.
+        progress: description of a progress bar over the images (in batches of :data:`EMBED_BATCH`); ``None``: no bar.
     """
-    from tqdm.auto import tqdm
+    from iddm.progress import progress_bar
 
     faces: list[DetectedFace | None] = []
     rows: dict[str, list[np.ndarray]] = {r.name: [] for r in recognizers}
-    with tqdm(total=len(images), desc=progress, unit="img", disable=progress is None, leave=False) as bar:
+    with progress_bar(total=len(images), desc=progress, unit="img", disable=progress is None, leave=False) as bar:
         for start in range(0, len(images), EMBED_BATCH):
             chunk = list(images[start : start + EMBED_BATCH])
             found = [largest_face(image) for image in chunk]

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from iddm.diffusion.data import aligned_template, to_tensor, warp_crop
 from iddm.faces import detect_faces, select_single_face, similarity_transform
 from iddm.images import IMAGE_EXTENSIONS, PhotoError, file_sha256, load_photo
 from iddm.prior.captions import labels_from_path
+from iddm.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def load_corpus(
     images, gray, labels, identities, used, skipped, seen = [], [], [], [], [], [], {}
     fingerprint = hashlib.sha256()
     files = [(identity, path) for identity, paths in kept.items() for path in paths]
-    for identity, path in tqdm(files, desc="detect + crop", unit="photo", leave=False):
+    for identity, path in progress_bar(files, desc="detect + crop", unit="photo", leave=False):
         digest = file_sha256(path)
         if digest in seen:
             logger.warning("Skipping %s: same bytes as %s.", path, seen[digest])

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from iddm.images import atomic_write_safetensors
+from iddm.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def encode_corpus(
     shape: tuple[int, ...] | None = None
     shards = []
     starts = range(0, len(images), shard_size)
-    for number, start in enumerate(tqdm(starts, desc="encode corpus", unit="shard", leave=False)):
+    for number, start in enumerate(progress_bar(starts, desc="encode corpus", unit="shard", leave=False)):
         chunk = images[start : start + shard_size]
         expected = len(chunk) * (2 if flip else 1)
         path = cache_dir / f"shard-{number:05d}.safetensors"

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from iddm.checkpoints import list_checkpoints, resolve_checkpoint, write_checkpoint
 from iddm.config import config_to_dict
@@ -40,6 +39,7 @@ from iddm.prior.data import Corpus, load_corpus
 from iddm.prior.defaults import personalization_defaults
 from iddm.prior.latents import CACHE_DIR, cache_key, encode_corpus, module_digest
 from iddm.prior.models import build_models, check_architecture, latent_channels, vae_factor
+from iddm.progress import progress_bar
 from iddm.weights import MANIFEST_FILE, PRIOR_FILE, taef2_path, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     elif config.resume_from_checkpoint is not None:
         logger.info("No checkpoint in %s yet: starting from step 0.", output_dir)
 
-    progress = tqdm(
+    progress = progress_bar(
         range(start, total),
         initial=start,
         total=total,

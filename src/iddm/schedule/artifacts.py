@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from iddm.config import config_to_dict
 from iddm.diffusion import sample
@@ -31,6 +30,7 @@ from iddm.images import (
     make_grid,
     save_png,
 )
+from iddm.progress import progress_bar
 from iddm.run_layout import (
     CLASS_IMAGES_DIR,
     DECOUPLED_DIR,
@@ -62,7 +62,7 @@ def class_images(backbone: Backbone, config: PersonalizeConfig, output_dir: Path
     if missing > 0:
         generator = torch.Generator().manual_seed(config.seed + 1)
         logger.info("Generating %d class images with the base model into %s", missing, folder)
-        for start in tqdm(range(0, missing, 4), desc="class images"):
+        for start in progress_bar(range(0, missing, 4), desc="class images"):
             count = min(4, missing - start)
             images = sample(
                 backbone, [config.class_prompt] * count, generator, config.num_inference_steps, config.guidance_scale

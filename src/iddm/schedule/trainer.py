@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
 from diffusers.optimization import get_scheduler
-from tqdm.auto import tqdm
 
 from iddm.config import ConfigError
 from iddm.decouple import DataOptimizer, PrivacySettings, build_data_optimizer, resolve_privacy
@@ -29,6 +28,7 @@ from iddm.diffusion import Backbone, Conditioning, MethodSettings, TrainingPhoto
 from iddm.diffusion.accelerator import fresh_accelerator
 from iddm.diffusion.data import check_single_identity
 from iddm.images import check_writable_location, ensure_writable_dir
+from iddm.progress import progress_bar
 from iddm.run_layout import DELTA_FILE, PRIVATE_DIR, RUN_FILE, is_run_dir
 from iddm.schedule.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from iddm.schedule.config import PersonalizeConfig
@@ -254,7 +254,7 @@ class Trainer:
 
         started = time.perf_counter()
         self.backbone.train(True)
-        progress = tqdm(
+        progress = progress_bar(
             range(self.state.step, self.config.max_train_steps),
             initial=self.state.step,
             total=self.config.max_train_steps,
