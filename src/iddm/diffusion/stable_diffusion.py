@@ -23,12 +23,11 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from iddm.diffusion.backbone import Backbone, Conditioning, MethodSettings
+from iddm.weights import PRIOR_FILE
 
 logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-MODEL_DEFAULTS_FILE = "iddm_prior.json"
-"""Optional file of a pipeline folder (written by ``iddm pretrain``) with the options that suit the model."""
 
 
 def lora_config(settings: MethodSettings, target_modules: tuple[str, ...] | list[str]) -> LoraConfig:
@@ -96,7 +95,7 @@ class StableDiffusionBackbone(Backbone):
         kwargs = {"revision": revision, "variant": variant, "local_files_only": local_files_only}
         pipeline = cls.pipeline_class.from_pretrained(str(path), **{k: v for k, v in kwargs.items() if v is not None})
         pipeline.set_progress_bar_config(disable=True)
-        defaults_file = Path(path) / MODEL_DEFAULTS_FILE
+        defaults_file = Path(path) / PRIOR_FILE  # written by `iddm pretrain`: the options that suit the model
         defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else None
         return cls(pipeline, resolution=resolution, model_defaults=defaults)
 

@@ -211,7 +211,7 @@ def noise_scheduler() -> DDPMScheduler:
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
-    """Build the corpus, train both stages (resumable), write the pipeline folder, ``iddm_prior.json`` and manifest."""
+    """Build the corpus, train (resumable), write the pipeline folder, ``iddm_prior.json`` and manifest."""
     output_dir = _check_config(config)
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)  # a bad one stops before any work
     if config.num_threads:
@@ -224,7 +224,41 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         config.mixed_precision,
         torch.get_num_threads(),
     )
+    corpus = _load_corpus(config)
+    ensure_writable_dir(output_dir)
 
+    vae, unet, text_encoder = build_models(config)
+    tokenizer = build_clip_tokenizer()
+    for module in (vae, unet, text_encoder):
+        module.to(device)
+    run = _Run(config, accelerator, corpus, vae, unet, CaptionBank(text_encoder, tokenizer, device))
+    if checkpoint is not None:
+        run.resume(checkpoint)
+    elif config.resume_from_checkpoint is not None:
+        logger.info("No checkpoint in %s yet: starting from step 0.", output_dir)
+    if config.autoencoder == "taef2":  # frozen from the start: encode (or read the cache) before any step
+        run.latents = cached_latents(vae, corpus, config, output_dir)
+    run.train(output_dir)
+    if run.latents is None:  # resumed after the last UNet step's checkpoint, or a run of zero UNet steps left
+        run.latents = _freeze_and_encode(vae, run.images)
+
+    seconds, losses = run.seconds, run.losses
+    summary = corpus.summary()
+    _write_prior(
+        output_dir, config, vae, unet, run.ema, text_encoder, tokenizer, run.latents, summary, seconds, losses, device
+    )
+    if not config.keep_checkpoints:
+        for old in list_checkpoints(output_dir):
+            shutil.rmtree(old, ignore_errors=True)
+    logger.info(
+        "Wrote the face prior to %s (autoencoder %.0f s, UNet %.0f s).", output_dir, seconds["vae"], seconds["unet"]
+    )
+    return PretrainResult(
+        output_dir, run.total, seconds["vae"], seconds["unet"], losses["vae"], losses["unet"], summary
+    )
+
+
+def _load_corpus(config: PretrainConfig) -> Corpus:
     corpus = load_corpus(
         config.data_dir,
         config.exclude,
@@ -234,7 +268,6 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         config.skip_bad_photos,
         config.held_out_cfp,
     )
-    ensure_writable_dir(output_dir)
     summary = corpus.summary()
     logger.info(
         "Corpus: %d photos of %d identities (%d colour, %d grey), face detection rate %.3f; %d identities held out.",
@@ -245,107 +278,114 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         summary["face_detection_rate"],
         len(summary["held_out_identities"]),
     )
+    return corpus
 
-    vae, unet, text_encoder = build_models(config)
-    tokenizer = build_clip_tokenizer()
-    vae.to(device)
-    unet.to(device)
-    text_encoder.to(device)
-    captions = CaptionBank(text_encoder, tokenizer, device)
-    scheduler = noise_scheduler()
-    trains_vae = config.autoencoder == "train"
-    vae_steps = config.vae_steps if trains_vae else 0
-    images = corpus.training_tensors(flip=config.flip)[0] if trains_vae else None
-    # TAEF2 is frozen from the start: encode (or read the cache) before any step, so a resumed run reads it back.
-    latents = None if trains_vae else cached_latents(vae, corpus, config, output_dir)
 
-    unet_optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=config.unet_learning_rate, weight_decay=config.adam_weight_decay
-    )
-    unet_lr = get_scheduler(
-        "cosine", unet_optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.unet_steps
-    )
-    ema = {name: p.detach().clone() for name, p in unet.named_parameters()}
-    generator = torch.Generator().manual_seed(config.seed)
-    state = {
-        "modules": {"unet": unet},
-        "ema": ema,
-        "generator": generator,
-        "optimizers": {"unet_optimizer": unet_optimizer, "unet_lr": unet_lr},
-        "info": {},
-    }
-    if trains_vae:
-        vae_optimizer = torch.optim.AdamW(
-            vae.parameters(), lr=config.vae_learning_rate, weight_decay=config.adam_weight_decay
+class _Run:
+    """The trained modules' optimizers, schedules, EMA, generator and counters, and the training loop.
+
+    One global step counter: steps ``0..vae_steps - 1`` train the autoencoder (``autoencoder="train"`` only), the
+    rest the UNet. ``latents`` is set before the loop (TAEF2) or when the UNet stage starts (a trained autoencoder).
+    """
+
+    def __init__(self, config, accelerator, corpus: Corpus, vae, unet, captions: CaptionBank):
+        self.config, self.accelerator, self.corpus = config, accelerator, corpus
+        self.vae, self.unet, self.captions = vae, unet, captions
+        self.scheduler = noise_scheduler()
+        trains_vae = config.autoencoder == "train"
+        self.vae_steps = config.vae_steps if trains_vae else 0
+        self.total = self.vae_steps + config.unet_steps
+        self.images = corpus.training_tensors(flip=config.flip)[0] if trains_vae else None
+        self.latents: dict[str, torch.Tensor] | None = None
+        self.ema = {name: p.detach().clone() for name, p in unet.named_parameters()}
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.parts = {"unet": self._optimize(unet, config.unet_learning_rate, config.unet_steps)}
+        if trains_vae:
+            self.parts["vae"] = self._optimize(vae, config.vae_learning_rate, config.vae_steps)
+        self.start = 0
+        self.seconds = {"vae": 0.0, "unet": 0.0}
+        self.losses = {"vae": float("nan"), "unet": float("nan")}
+
+    def _optimize(self, module, learning_rate: float, steps: int) -> tuple:
+        optimizer = torch.optim.AdamW(
+            module.parameters(), lr=learning_rate, weight_decay=self.config.adam_weight_decay
         )
-        vae_lr = get_scheduler(
-            "cosine", vae_optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.vae_steps
+        schedule = get_scheduler(
+            "cosine", optimizer, num_warmup_steps=self.config.lr_warmup_steps, num_training_steps=steps
         )
-        state["modules"]["vae"] = vae
-        state["optimizers"].update({"vae_optimizer": vae_optimizer, "vae_lr": vae_lr})
-    total = vae_steps + config.unet_steps
-    start, seconds, losses = 0, {"vae": 0.0, "unet": 0.0}, {"vae": float("nan"), "unet": float("nan")}
-    if checkpoint is not None:
-        info = _load_checkpoint(checkpoint, state)
-        start, seconds, losses = int(info["step"]), info["seconds"], info["losses"]
-        logger.info("Resumed from %s at step %d of %d.", checkpoint, start, total)
-    elif config.resume_from_checkpoint is not None:
-        logger.info("No checkpoint in %s yet: starting from step 0.", output_dir)
+        return optimizer, schedule
 
-    progress = progress_bar(
-        range(start, total),
-        initial=start,
-        total=total,
-        desc="pretrain",
-        unit="step",
-        disable=not accelerator.is_local_main_process,
-    )
-    tick = time.perf_counter()
-    for step in progress:
-        stage = "vae" if step < vae_steps else "unet"
+    def _state(self) -> dict:
+        """What a checkpoint holds (the layout of :func:`_save_checkpoint`)."""
+        modules = {"unet": self.unet, **({"vae": self.vae} if "vae" in self.parts else {})}
+        optimizers = {}
+        for name, (optimizer, schedule) in self.parts.items():
+            optimizers.update({f"{name}_optimizer": optimizer, f"{name}_lr": schedule})
+        info = {"seconds": self.seconds, "losses": self.losses}
+        return {
+            "modules": modules,
+            "ema": self.ema,
+            "generator": self.generator,
+            "optimizers": optimizers,
+            "info": info,
+        }
+
+    def resume(self, checkpoint: Path) -> None:
+        info = _load_checkpoint(checkpoint, self._state())
+        self.start, self.seconds, self.losses = int(info["step"]), info["seconds"], info["losses"]
+        logger.info("Resumed from %s at step %d of %d.", checkpoint, self.start, self.total)
+
+    def train(self, output_dir: Path) -> None:
+        config = self.config
+        progress = progress_bar(
+            range(self.start, self.total),
+            initial=self.start,
+            total=self.total,
+            desc="pretrain",
+            unit="step",
+            disable=not self.accelerator.is_local_main_process,
+        )
+        tick = time.perf_counter()
+        for step in progress:
+            stage = "vae" if step < self.vae_steps else "unet"
+            value = self._step(stage, step)
+            # A smoothed loss for the bar and the result (one step's loss is noisy).
+            previous = self.losses[stage]
+            self.losses[stage] = value if np.isnan(previous) else 0.98 * previous + 0.02 * value
+            now = time.perf_counter()
+            self.seconds[stage] += now - tick
+            tick = now
+            progress.set_postfix({"stage": stage, "loss": f"{self.losses[stage]:.4f}"}, refresh=False)
+            done = step + 1
+            if config.checkpointing_steps > 0 and done % config.checkpointing_steps == 0 and done < self.total:
+                _save_checkpoint(output_dir, done, self._state(), config.checkpoints_total_limit)
+        progress.close()
+
+    def _step(self, stage: str, step: int) -> float:
+        """One optimizer step of ``stage``; returns its loss."""
         if stage == "vae":
-            vae.train()
-            loss = _vae_step(vae, images, config, generator, accelerator)
-            optimizer, lr_scheduler, parameters = vae_optimizer, vae_lr, list(vae.parameters())
+            self.vae.train()
+            loss = _vae_step(self.vae, self.images, self.config, self.generator, self.accelerator)
+            module = self.vae
         else:
-            if latents is None:
-                latents = _freeze_and_encode(vae, images)
-            unet.train()
-            loss = _unet_step(unet, latents, corpus, captions, scheduler, config, generator, accelerator)
-            optimizer, lr_scheduler, parameters = unet_optimizer, unet_lr, list(unet.parameters())
-        accelerator.backward(loss)
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            if self.latents is None:
+                self.latents = _freeze_and_encode(self.vae, self.images)
+            self.unet.train()
+            loss = _unet_step(
+                self.unet, self.latents, self.corpus, self.captions, self.scheduler, self.config, self.generator,
+                self.accelerator,
+            )  # fmt: skip
+            module = self.unet
+        optimizer, schedule = self.parts[stage]
+        self.accelerator.backward(loss)
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(list(module.parameters()), self.config.max_grad_norm)
         optimizer.step()
-        lr_scheduler.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         if stage == "unet":
-            _ema_update(ema, unet, config.ema_decay, step - vae_steps)
-        value = loss.detach().item()
-        # A smoothed loss for the bar and the result (one step's loss is noisy).
-        losses[stage] = value if np.isnan(losses[stage]) else 0.98 * losses[stage] + 0.02 * value
-        now = time.perf_counter()
-        seconds[stage] += now - tick
-        tick = now
-        progress.set_postfix({"stage": stage, "loss": f"{losses[stage]:.4f}"}, refresh=False)
-        done = step + 1
-        if config.checkpointing_steps > 0 and done % config.checkpointing_steps == 0 and done < total:
-            state["info"] = {"seconds": seconds, "losses": losses}
-            _save_checkpoint(output_dir, done, state, config.checkpoints_total_limit)
-    progress.close()
-    if latents is None:  # resumed after the last UNet step's checkpoint, or a run of zero UNet steps left
-        latents = _freeze_and_encode(vae, images)
-
-    _write_prior(
-        output_dir, config, vae, unet, ema, text_encoder, tokenizer, latents, summary, seconds, losses, device
-    )
-    if not config.keep_checkpoints:
-        for old in list_checkpoints(output_dir):
-            shutil.rmtree(old, ignore_errors=True)
-    logger.info(
-        "Wrote the face prior to %s (autoencoder %.0f s, UNet %.0f s).", output_dir, seconds["vae"], seconds["unet"]
-    )
-    return PretrainResult(output_dir, total, seconds["vae"], seconds["unet"], losses["vae"], losses["unet"], summary)
+            _ema_update(self.ema, self.unet, self.config.ema_decay, step - self.vae_steps)
+        return loss.detach().item()
 
 
 def _vae_step(

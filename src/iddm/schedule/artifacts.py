@@ -12,14 +12,13 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from iddm.config import config_to_dict
-from iddm.diffusion import sample
+from iddm.diffusion import Backbone, sample
 from iddm.diffusion.data import to_tensor, to_uint8
 from iddm.images import (
     atomic_folder,
@@ -44,11 +43,9 @@ from iddm.run_layout import (
     RunManifest,
 )
 from iddm.schedule.config import PersonalizeConfig
+from iddm.schedule.context import RunContext
+from iddm.schedule.hooks import write_validation
 from iddm.schedule.model_card import public_model_name, write_model_card
-
-if TYPE_CHECKING:
-    from iddm.diffusion import Backbone
-    from iddm.schedule.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +76,8 @@ def class_images(backbone: Backbone, config: PersonalizeConfig, output_dir: Path
     return torch.stack(tensors)
 
 
-def finalize(trainer: Trainer, wall_seconds: float) -> None:
+def finalize(trainer: RunContext, wall_seconds: float) -> None:
     """Write ``model/``, ``private/``, the final validation grid and the run manifest."""
-    from iddm.schedule.hooks import write_validation
-
     config, output_dir, privacy = trainer.config, trainer.output_dir, trainer.privacy
     manifest = ModelManifest(
         backbone=trainer.backbone.kind,
@@ -133,7 +128,7 @@ def drop_local_model_paths(folder: Path) -> None:
             atomic_write_json(path, data)
 
 
-def _write_private(trainer: Trainer, wall_seconds: float) -> None:
+def _write_private(trainer: RunContext, wall_seconds: float) -> None:
     private = trainer.output_dir / PRIVATE_DIR
     history = trainer.state.history
     save_png(private / TRAINING_PHOTOS_DIR / "clean_grid.png", make_grid(trainer.photos.as_uint8(), columns=4))

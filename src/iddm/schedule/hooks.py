@@ -7,7 +7,6 @@ Each hook's ``after_step(trainer, step)`` runs after optimizer step ``step`` (0-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,15 +15,13 @@ from iddm.diffusion.data import to_uint8
 from iddm.images import make_grid, save_png
 from iddm.run_layout import VALIDATION_DIR
 from iddm.schedule.checkpoint import save_checkpoint
-
-if TYPE_CHECKING:
-    from iddm.schedule.trainer import Trainer
+from iddm.schedule.context import RunContext
 
 
 class DataRoundHook:
     """Stage 1 of IDDM: after every K personalization steps, M data steps on δ against the current model."""
 
-    def after_step(self, trainer: Trainer, step: int) -> None:
+    def after_step(self, trainer: RunContext, step: int) -> None:
         if trainer.data_optimizer is None or not trainer.plan.data_round_after(step):
             return
         state = trainer.state
@@ -47,7 +44,7 @@ class DataRoundHook:
 class CheckpointHook:
     """``checkpoint-N`` every ``checkpointing_steps`` (resumable; LoRA runs also get loadable LoRA weights)."""
 
-    def after_step(self, trainer: Trainer, step: int) -> None:
+    def after_step(self, trainer: RunContext, step: int) -> None:
         config, done = trainer.config, step + 1
         if config.checkpointing_steps == 0 or done % config.checkpointing_steps or done >= config.max_train_steps:
             return
@@ -68,7 +65,7 @@ class CheckpointHook:
         )  # fmt: skip
 
 
-def validation_images(trainer: Trainer) -> list:
+def validation_images(trainer: RunContext) -> list:
     """``num_validation_images`` samples of the current model, uint8 ``(H, W, 3)``, from a fixed seed."""
     config = trainer.config
     generator = torch.Generator().manual_seed(config.seed)
@@ -80,14 +77,14 @@ def validation_images(trainer: Trainer) -> list:
     return [to_uint8(image) for image in images]
 
 
-def write_validation(trainer: Trainer, name: str, step: int) -> None:
+def write_validation(trainer: RunContext, name: str, step: int) -> None:
     images = validation_images(trainer)
     grid = make_grid(images, columns=4)
     save_png(trainer.output_dir / VALIDATION_DIR / f"{name}.png", grid)
     tracker_log_images(trainer, grid, step)
 
 
-def tracker_log_images(trainer: Trainer, grid, step: int) -> None:
+def tracker_log_images(trainer: RunContext, grid, step: int) -> None:
     """Send a validation grid to the configured trackers (tensorboard or wandb)."""
     for tracker in trainer.accelerator.trackers:
         if tracker.name == "tensorboard":
@@ -101,7 +98,7 @@ def tracker_log_images(trainer: Trainer, grid, step: int) -> None:
 class ValidationHook:
     """A grid of samples every ``validation_steps`` into ``validation/step-N.png``."""
 
-    def after_step(self, trainer: Trainer, step: int) -> None:
+    def after_step(self, trainer: RunContext, step: int) -> None:
         done, every = step + 1, trainer.config.validation_steps
         if every > 0 and done % every == 0 and trainer.accelerator.is_main_process:
             write_validation(trainer, f"step-{done:06d}", done)
@@ -111,14 +108,14 @@ class ValidationHook:
 class TrackingHook:
     """Loss and learning rate to the trackers and to the run log (every 10 steps)."""
 
-    def after_step(self, trainer: Trainer, step: int) -> None:
+    def after_step(self, trainer: RunContext, step: int) -> None:
         loss = trainer.state.loss
         trainer.accelerator.log({"loss": loss, "lr": trainer.lr_scheduler.get_last_lr()[0]}, step=step + 1)
         if step % 10 == 0:
             trainer.state.history["loss"].append([step, loss])
 
 
-def default_hooks(trainer: Trainer) -> list:
+def default_hooks(trainer: RunContext) -> list:
     if trainer.config.report_to != "none":
         from iddm.config import config_to_dict
 

@@ -15,7 +15,7 @@ from iddm.config import config_to_dict
 from iddm.images import atomic_write_json, atomic_write_text
 from iddm.run_layout import EVALUATION_FILE, MODEL_CARD, MODEL_FILE, ModelManifest, model_dir
 from iddm.schedule.plan import StagePlan
-from iddm.weights import FACE_PRIOR
+from iddm.weights import FACE_PRIOR, PRIOR_FILE
 
 PRIVATE_OPTIONS = {"photos", "output_dir", "class_data_dir", "perturbation_from", "decoy", "resume_from_checkpoint"}
 """Options that name local files: left out of anything publishable."""
@@ -39,7 +39,7 @@ def public_model_name(value: str | None) -> str | None:
         return text
     path = Path(text)
     if path.exists():
-        prior = path / "iddm_prior.json"
+        prior = path / PRIOR_FILE
         if prior.is_file():
             return json.loads(prior.read_text()).get("name")
         return None

@@ -30,8 +30,11 @@ from iddm.diffusion.data import check_single_identity
 from iddm.images import check_writable_location, ensure_writable_dir
 from iddm.progress import progress_bar
 from iddm.run_layout import DELTA_FILE, PRIVATE_DIR, RUN_FILE, is_run_dir
+from iddm.schedule.artifacts import class_images, finalize
 from iddm.schedule.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from iddm.schedule.config import PersonalizeConfig
+from iddm.schedule.context import TrainingState
+from iddm.schedule.hooks import default_hooks
 from iddm.schedule.plan import StagePlan
 
 logger = logging.getLogger(__name__)
@@ -47,22 +50,6 @@ class RunResult:
     final_loss: float
     privacy: PrivacySettings
     log: dict = field(default_factory=dict)
-
-
-@dataclass
-class TrainingState:
-    """Everything that changes during training and is restored on resume (with the weights)."""
-
-    step: int
-    generator: torch.Generator
-    data_generator: torch.Generator
-    history: dict
-    loss: float = float("nan")
-
-    @classmethod
-    def fresh(cls, seed: int) -> TrainingState:
-        history = {"loss": [], "rounds": [], "initial": None}
-        return cls(0, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 7919), history)
 
 
 def resolve_options(config: PersonalizeConfig, backbone: Backbone) -> PersonalizeConfig:
@@ -86,8 +73,6 @@ class Trainer:
     """Holds the run's parts; :meth:`step` is one optimizer step, :meth:`run` the loop."""
 
     def __init__(self, config: PersonalizeConfig):
-        from iddm.schedule.hooks import default_hooks
-
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("--mixed_precision fp16 needs a CUDA GPU; use 'bf16' or 'no' on a CPU")
         self.privacy = resolve_privacy(config.privacy_config)
@@ -134,8 +119,6 @@ class Trainer:
         ensure_writable_dir(self.output_dir)  # everything is checked: the run may start
         self.class_images = None
         if config.with_prior_preservation:
-            from iddm.schedule.artifacts import class_images
-
             self.class_images = class_images(self.backbone, config, self.output_dir).to(self.accelerator.device)
         self.state = self._initial_state()
         self.prompts = [config.instance_prompt] * config.train_batch_size
@@ -250,8 +233,6 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def run(self) -> RunResult:
-        from iddm.schedule.artifacts import finalize
-
         started = time.perf_counter()
         self.backbone.train(True)
         progress = progress_bar(
