@@ -207,6 +207,44 @@ def run_summary(run_dir: str | Path | None) -> RunSummary | None:
     )
 
 
+def _probe_images(config: EvaluateConfig, output_dir: Path) -> tuple[list, Path, list[str], list[str] | None]:
+    """The images to attack: generated from ``--model`` into ``output_dir/images`` or read from ``--images``.
+
+    Returns:
+        ``(images, their folder, their file names, the prompts they were drawn with or None)``.
+    """
+    if config.model is None:
+        images, paths, _ = load_images(config.images, "generated images")
+        return images, config.images, [p.name for p in paths], config.prompt
+    prompts = list(config.prompt or DEFAULT_PROMPTS)
+    if knows_one_prompt(config.model, config.lora):
+        prompts = prompts[:1]
+    images_dir = output_dir / "images"
+    images = generate_probe_images(
+        config.model,
+        images_dir,
+        prompts,
+        config.num_images,
+        config.seed,
+        config.num_inference_steps,
+        config.guidance_scale,
+        config.lora,
+        config.resolution,
+        config.device,
+    )
+    return images, images_dir, [f"image_{i:04d}.png" for i in range(len(images))], prompts
+
+
+def _reference_warning(reference_faces, recognizers, reference_paths: list[Path]) -> list[str]:
+    """A warning when the reference photos do not all match each other (they may not all show the user)."""
+    mismatched = mismatched_reference_pairs(reference_faces, recognizers, [p.name for p in reference_paths])
+    if not mismatched:
+        return []
+    message = "the reference photos may not all show the user: " + "; ".join(mismatched)
+    logger.warning("Warning: %s. Linkability is measured against their mean; check --reference.", message)
+    return [message]
+
+
 def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
     """The ``iddm evaluate`` command: load or generate the images, attack them, write the reports."""
     from iddm.images import ensure_writable_dir
@@ -217,55 +255,19 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
     distractor_images, gallery_skipped = load_gallery_folder(config.gallery)
     output_dir = ensure_writable_dir(config.output_dir)
     recognizers = load_backends(config.backends)
-    roles_by_key = roles(config.run_dir, recognizers)
-
-    prompts = config.prompt
-    if config.model is not None:
-        prompts = list(config.prompt or DEFAULT_PROMPTS)
-        if knows_one_prompt(config.model, config.lora):
-            prompts = prompts[:1]
-        images_dir = output_dir / "images"
-        images = generate_probe_images(
-            config.model,
-            images_dir,
-            prompts,
-            config.num_images,
-            config.seed,
-            config.num_inference_steps,
-            config.guidance_scale,
-            config.lora,
-            config.resolution,
-            config.device,
-        )
-        names = [f"image_{i:04d}.png" for i in range(len(images))]
-    else:
-        images, paths, _ = load_images(config.images, "generated images")
-        images_dir, names = config.images, [p.name for p in paths]
+    images, images_dir, names, prompts = _probe_images(config, output_dir)
     vanilla = load_images(config.vanilla_images, "vanilla images")[0] if config.vanilla_images else None
 
     rec = list(recognizers.values())
     distractors = embed_groups(distractor_images, rec, progress="gallery photos")
     reference_faces = embed_images(reference_images, rec, progress="reference photos")
     warnings = [f"skipped {s}" for s in reference_skipped + gallery_skipped]
-    mismatched = mismatched_reference_pairs(reference_faces, recognizers, [p.name for p in reference_paths])
-    if mismatched:
-        message = "the reference photos may not all show the user: " + "; ".join(mismatched)
-        logger.warning("Warning: %s. Linkability is measured against their mean; check --reference.", message)
-        warnings.append(message)
+    warnings += _reference_warning(reference_faces, recognizers, reference_paths)
     reference, gallery = attacker_knowledge(reference_faces, distractors)
     evaluation, probes = evaluate_images(
-        images,
-        reference,
-        gallery,
-        recognizers,
-        roles_by_key,
-        names,
-        config.robustness,
-        config.run_dir,
-        prompts,
-        config.clip_model,
-        vanilla,
-    )
+        images, reference, gallery, recognizers, roles(config.run_dir, recognizers), names, config.robustness,
+        config.run_dir, prompts, config.clip_model, vanilla,
+    )  # fmt: skip
     if evaluation.utility.undetected_images:
         warnings.append(f"no face detected in {', '.join(evaluation.utility.undetected_images)}")
     report = EvaluateReport(
