@@ -75,3 +75,16 @@ def test_each_file_name_of_the_run_and_weight_layouts_is_spelled_once():
     for literal in ('"iddm_prior.json"', '"SHA256SUMS"', '"iddm_run.json"', '"iddm_model.json"'):
         spelled = [p.name for p in (SRC / "iddm").rglob("*.py") if literal in p.read_text()]
         assert len(spelled) == 1, (literal, spelled)
+
+
+def test_no_module_or_function_grows_past_what_one_reader_holds():
+    """Long units were split by concern (metrics by attack family, pretrain into corpus, run and output)."""
+    too_long = []
+    for path in (SRC / "iddm").rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > 520:
+            too_long.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 80:
+                too_long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long

@@ -8,7 +8,8 @@ Labels come from where a photo sits and how it is named, never from a model:
 
 :func:`caption` turns a label dict into a prompt in Stable Diffusion's style ("a photo of an old Black woman",
 "a black and white photo of a person", "a profile photo of a young man"); :func:`drop_labels` removes labels at
-random during training, so short prompts ("a photo of a woman") mean something too.
+random during training, so short prompts ("a photo of a woman") mean something too. :func:`batch_captions` draws a
+training batch's captions and :class:`CaptionBank` encodes each distinct caption once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 from pathlib import Path
 
 import torch
+
+from iddm.prior.config import PretrainConfig
 
 UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_\d+")
 """UTKFace file names: age (years), gender (0 male, 1 female), race (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others)."""
@@ -85,3 +88,47 @@ def drop_labels(labels: dict[str, str], probability: float, generator: torch.Gen
     draws = torch.rand(len(LABEL_ORDER), generator=generator)
     dropped = {key for key, draw in zip(LABEL_ORDER, draws.tolist(), strict=True) if draw < probability}
     return {k: v for k, v in labels.items() if k not in dropped}
+
+
+@torch.no_grad()
+def encode_captions(text_encoder, tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+    """Frozen text-encoder outputs ``(len(captions), 77, D)`` of the captions."""
+    tokens = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(tokens.to(device))[0].float()
+
+
+class CaptionBank:
+    """Frozen text-encoder outputs of captions, each distinct caption encoded once.
+
+    Call it with ``B`` captions to get their ``(B, 77, D)`` float32 states on ``device``.
+    """
+
+    def __init__(self, text_encoder, tokenizer, device: torch.device):
+        self.text_encoder, self.tokenizer, self.device = text_encoder, tokenizer, device
+        self.states: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = sorted(set(captions) - set(self.states))
+        if new:
+            encoded = encode_captions(self.text_encoder, self.tokenizer, new, self.device)
+            self.states.update(zip(new, encoded, strict=True))
+        return torch.stack([self.states[text] for text in captions])
+
+
+def batch_captions(
+    items: torch.Tensor, corpus, config: PretrainConfig, flip: bool, generator: torch.Generator
+) -> list[str]:
+    """The captions of training items ``items`` (crop ``i // 2`` with mirrors): caption dropout to ``""`` first, then
+    per item its labels' caption (``captions="labels"``, with label dropout) or the colour/grey caption."""
+    crops = (items // 2 if flip else items).tolist()
+    dropped = (torch.rand(len(crops), generator=generator) < config.caption_dropout).tolist()
+    texts = []
+    for crop, drop in zip(crops, dropped, strict=True):
+        if config.captions == "labels":
+            text = caption(drop_labels(corpus.labels[crop], config.label_dropout, generator))
+        else:
+            text = config.gray_caption if corpus.gray[crop] else config.color_caption
+        texts.append("" if drop else text)
+    return texts

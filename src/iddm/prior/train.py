@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,23 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 
 from iddm.checkpoints import list_checkpoints, resolve_checkpoint, write_checkpoint
-from iddm.config import config_to_dict
 from iddm.diffusion.accelerator import fresh_accelerator
-from iddm.diffusion.tiny import assemble_sd_pipeline, build_clip_tokenizer
-from iddm.images import atomic_write_json, check_writable_location, ensure_writable_dir, make_grid, save_png
-from iddm.prior.captions import caption, drop_labels
+from iddm.diffusion.tiny import build_clip_tokenizer
+from iddm.images import check_writable_location, ensure_writable_dir
+from iddm.prior.captions import CaptionBank, batch_captions
 from iddm.prior.config import PretrainConfig
 from iddm.prior.data import Corpus, load_corpus
-from iddm.prior.defaults import personalization_defaults
 from iddm.prior.latents import CACHE_DIR, cache_key, encode_corpus, module_digest
-from iddm.prior.models import build_models, check_architecture, latent_channels, vae_factor
+from iddm.prior.models import build_models, check_architecture
+from iddm.prior.output import write_prior
 from iddm.progress import progress_bar
-from iddm.weights import MANIFEST_FILE, PRIOR_FILE, taef2_path, write_manifest
+from iddm.weights import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -119,50 +117,6 @@ def _check_config(config: PretrainConfig) -> Path:
             "choose another --output_dir."
         )
     return output_dir
-
-
-@torch.no_grad()
-def encode_captions(text_encoder, tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
-    """Frozen text-encoder outputs ``(len(captions), 77, D)`` of the captions."""
-    tokens = tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(tokens.to(device))[0].float()
-
-
-class CaptionBank:
-    """Frozen text-encoder outputs of captions, each distinct caption encoded once.
-
-    Call it with ``B`` captions to get their ``(B, 77, D)`` float32 states on ``device``.
-    """
-
-    def __init__(self, text_encoder, tokenizer, device: torch.device):
-        self.text_encoder, self.tokenizer, self.device = text_encoder, tokenizer, device
-        self.states: dict[str, torch.Tensor] = {}
-
-    def __call__(self, captions: list[str]) -> torch.Tensor:
-        new = sorted(set(captions) - set(self.states))
-        if new:
-            encoded = encode_captions(self.text_encoder, self.tokenizer, new, self.device)
-            self.states.update(zip(new, encoded, strict=True))
-        return torch.stack([self.states[text] for text in captions])
-
-
-def batch_captions(
-    items: torch.Tensor, corpus: Corpus, config: PretrainConfig, flip: bool, generator: torch.Generator
-) -> list[str]:
-    """The captions of training items ``items`` (crop ``i // 2`` with mirrors): caption dropout to ``""`` first, then
-    per item its labels' caption (``captions="labels"``, with label dropout) or the colour/grey caption."""
-    crops = (items // 2 if flip else items).tolist()
-    dropped = (torch.rand(len(crops), generator=generator) < config.caption_dropout).tolist()
-    texts = []
-    for crop, drop in zip(crops, dropped, strict=True):
-        if config.captions == "labels":
-            text = caption(drop_labels(corpus.labels[crop], config.label_dropout, generator))
-        else:
-            text = config.gray_caption if corpus.gray[crop] else config.color_caption
-        texts.append("" if drop else text)
-    return texts
 
 
 def cached_latents(vae, corpus: Corpus, config: PretrainConfig, output_dir: Path) -> dict[str, torch.Tensor]:
@@ -244,7 +198,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
 
     seconds, losses = run.seconds, run.losses
     summary = corpus.summary()
-    _write_prior(
+    write_prior(
         output_dir, config, vae, unet, run.ema, text_encoder, tokenizer, run.latents, summary, seconds, losses, device
     )
     if not config.keep_checkpoints:
@@ -431,116 +385,4 @@ def _unet_step(unet, latents, corpus, captions, scheduler, config: PretrainConfi
     return F.mse_loss(prediction.float(), noise.to(device))
 
 
-def _write_prior(
-    output_dir: Path,
-    config: PretrainConfig,
-    vae: AutoencoderKL,
-    unet: UNet2DConditionModel,
-    ema: dict[str, torch.Tensor],
-    text_encoder,
-    tokenizer,
-    latents: dict[str, torch.Tensor],
-    corpus: dict,
-    seconds: dict,
-    losses: dict,
-    device: torch.device,
-) -> None:
-    """The pipeline (EMA UNet) through a temporary folder, then samples.png, iddm_prior.json and SHA256SUMS."""
-    with torch.no_grad():
-        for name, parameter in unet.named_parameters():
-            parameter.copy_(ema[name])
-    unet.eval()
-    pipeline = assemble_sd_pipeline(unet, vae, text_encoder, tokenizer)
-    pipeline.set_progress_bar_config(disable=True)
-    grid = None
-    if config.num_sample_images > 0:
-        grid = make_grid(sample_images(pipeline, config.num_sample_images, config), columns=8)
-    tmp = output_dir / ".prior.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipeline.save_pretrained(tmp, safe_serialization=True)
-    if config.weights_dtype == "fp16":
-        # Halve the files; diffusers and the (float32) text-encoder config load them back as float32.
-        for path in sorted(tmp.glob("*/*.safetensors")):
-            save_file(
-                {k: v.half() if v.is_floating_point() else v for k, v in load_file(path).items()},
-                path,
-                metadata={"format": "pt"},
-            )
-    if config.autoencoder == "taef2":  # TAEF2's MIT notice goes wherever its weights go
-        shutil.copy(taef2_path() / "LICENSE", tmp / "vae" / "LICENSE")
-    (output_dir / MANIFEST_FILE).unlink(missing_ok=True)  # until the new manifest exists, the folder is unfinished
-    for entry in tmp.iterdir():
-        target = output_dir / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        entry.replace(target)
-    tmp.rmdir()
-    if grid is not None:
-        save_png(output_dir / "samples.png", grid)
-    side = config.resolution // vae_factor(config)
-    info = {
-        "kind": "iddm face prior: a small latent diffusion model in Stable Diffusion 1.x's shape",
-        "autoencoder": (
-            "TAEF2 (pretrained by Ollin Boer Bohan, MIT; frozen)" if config.autoencoder == "taef2" else "AutoencoderKL"
-        ),
-        "personalization": personalization_defaults(config),
-        "captions": _caption_info(config),
-        "latent_shape": [latent_channels(config), side, side],
-        "scaling_factor": float(latents["scaling"]),
-        "parameters": {
-            "unet": sum(p.numel() for p in unet.parameters()),
-            "vae": sum(p.numel() for p in vae.parameters()),
-            "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
-        },
-        "corpus": corpus,
-        "training": {
-            "seconds": {k: round(v, 1) for k, v in seconds.items()},
-            "final_smoothed_loss": losses,
-            "device": str(device),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
-        "pretrain_config": config_to_dict(config),
-    }
-    atomic_write_json(output_dir / PRIOR_FILE, info)
-    write_manifest(output_dir)
-
-
-def _caption_info(config: PretrainConfig) -> dict:
-    if config.captions == "labels":
-        return {
-            "kind": "from the corpora's labels (iddm.prior.captions)",
-            "label_dropout": config.label_dropout,
-            "dropout": config.caption_dropout,
-            "examples": config.sample_prompts,
-        }
-    return {"color": config.color_caption, "gray": config.gray_caption, "dropout": config.caption_dropout}
-
-
-def sample_prompts(config: PretrainConfig) -> list[str]:
-    """The prompts of the samples grid: ``sample_prompts`` with label captions, else the two captions."""
-    return list(config.sample_prompts) if config.captions == "labels" else [config.color_caption, config.gray_caption]
-
-
-@torch.no_grad()
-def sample_images(
-    pipeline: StableDiffusionPipeline, count: int, config: PretrainConfig, prompts: list[str] | None = None
-) -> list[np.ndarray]:
-    """``count`` uint8 ``(R, R, 3)`` samples; sample ``i`` uses seed ``config.seed + i`` and ``prompts[i % len]``."""
-    prompts = prompts or sample_prompts(config)
-    images = []
-    for i in range(count):
-        generator = torch.Generator().manual_seed(config.seed + i)
-        out = pipeline(
-            prompts[i % len(prompts)],
-            num_inference_steps=config.sample_steps,
-            guidance_scale=config.sample_guidance_scale,
-            generator=generator,
-            output_type="np",
-        ).images[0]
-        images.append((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
-    return images
-
-
-__all__ = ["PretrainResult", "list_checkpoints", "pretrain", "resolve_checkpoint", "sample_images"]
+__all__ = ["PretrainResult", "list_checkpoints", "pretrain", "resolve_checkpoint"]
