@@ -88,3 +88,19 @@ def test_no_module_or_function_grows_past_what_one_reader_holds():
             if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 80:
                 too_long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not too_long, too_long
+
+
+def test_the_threat_model_quotes_only_numbers_that_its_linked_results_files_hold():
+    """Docs quote the results files the benchmarks write, and link them, so a rerun cannot leave a stale number."""
+    import re
+
+    docs = SRC.parent / "docs"
+    text = (docs / "threat_model.md").read_text()
+    section = text[text.index("## What was measured") :]
+    section = section[: section.index("\n## ", 4)]
+    linked = sorted(set(re.findall(r"\((results/[\w.-]+\.md)\)", section)))
+    assert linked, "the measured section links no docs/results file"
+    results = "\n".join((docs / name).read_text() for name in linked)
+    quoted = set(re.findall(r"(?<![\d.])\d\.\d\d(?:±\d\.\d\d)?(?![\d])", section))
+    missing = sorted(number for number in quoted if number not in results)
+    assert quoted and not missing, f"numbers not in {linked}: {missing}"
