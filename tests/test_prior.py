@@ -303,3 +303,29 @@ def test_fp16_on_cpu_and_bad_architecture_are_clear_errors(corpus_dir, tmp_path,
     assert "needs a CUDA GPU" in _pretrain_error(corpus_dir, tmp_path, capsys, "--mixed_precision", "fp16", "--cpu")
     err = _pretrain_error(corpus_dir, tmp_path, capsys, "--unet_attention_levels", "5")
     assert "out of range" in err
+
+
+@pytest.mark.slow
+def test_model_card_of_a_prior_lora_says_what_to_install_and_its_snippet_runs(train_dir, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from iddm.schedule import PersonalizeConfig, personalize
+
+    out = tmp_path / "run"
+    config = build_config(
+        PersonalizeConfig,
+        {"photos": train_dir, "output_dir": out, "max_train_steps": 2, "validation_steps": 0,
+         "num_validation_images": 1, "num_inference_steps": 1, "checkpointing_steps": 0},
+    )  # fmt: skip
+    personalize(config)
+    card = (out / "model" / "README.md").read_text()
+    assert "iddm:face-prior-64" in card and "not Stable Diffusion" in card and "install iddm" in card
+    assert json.loads((out / "model" / "iddm_model.json").read_text())["base_model"] == "iddm:face-prior-64"
+    snippet = re.search(r"```\n(from diffusers.*?)```", card, re.S).group(1)
+    snippet = snippet.replace("THIS_FOLDER", str(out / "model"))
+    snippet = snippet.replace(".images[0]", ".images[0]\nassert image.size == (64, 64)")
+    snippet = snippet.replace("pipe(", "pipe(num_inference_steps=2, prompt=", 1)
+    done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -9,13 +9,15 @@ from pathlib import Path
 from iddm.diffusion.backbone import Backbone
 from iddm.diffusion.pixel import PIXEL_BACKBONE_FILE, PixelBackbone
 from iddm.run_layout import resolve_model_dir
-from iddm.weights import FACE_PRIOR, default_prior_path
+from iddm.weights import FACE_PRIOR, FACE_PRIOR_64, PRIOR_ALIASES, PRIOR_NAMES, prior_path
 
 MICRO = "iddm:micro"
 """The from-scratch pixel-space micro backbone."""
 DEFAULT_MODEL = FACE_PRIOR
 """The base model when none is given: the shipped offline face prior (a latent model in SD 1.x's shape)."""
-BUILTIN_MODELS = (FACE_PRIOR, MICRO)
+BUILTIN_MODELS = (*PRIOR_NAMES, MICRO)
+ONE_PROMPT_MODELS = (MICRO, FACE_PRIOR_64, *(alias for alias, name in PRIOR_ALIASES.items() if name == FACE_PRIOR_64))
+"""Built-in models that know no prompt but the instance prompt (the 128-px prior is text-conditioned)."""
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -39,7 +41,8 @@ def load_backbone(
 ) -> Backbone:
     """The backbone for ``--pretrained_model_name_or_path``.
 
-    * ``None`` or ``"iddm:face-prior"``: the shipped face prior (:func:`iddm.weights.default_prior_path`).
+    * ``None`` or ``"iddm:face-prior"``: the default shipped face prior; ``"iddm:face-prior-64"``,
+      ``"iddm:face-prior-128"``: that one (:func:`iddm.weights.prior_path`).
     * ``"iddm:micro"``: a fresh micro pixel backbone (random init from ``seed``).
     * a folder with ``iddm_backbone.json`` (or a run folder holding one in ``model/``): that backbone.
     * a diffusers pipeline folder: the backbone registered for its ``model_index.json`` class.
@@ -51,7 +54,10 @@ def load_backbone(
     """
     if str(model) == MICRO:
         return PixelBackbone.from_scratch(resolution or 64, seed=seed)
-    path = default_prior_path() if model is None or str(model) == FACE_PRIOR else resolve_model_dir(model)
+    if model is None or str(model) in PRIOR_NAMES:
+        path = prior_path(str(model or FACE_PRIOR))
+    else:
+        path = resolve_model_dir(model)
     if path.is_dir():
         if (path / PIXEL_BACKBONE_FILE).is_file():
             kind = json.loads((path / PIXEL_BACKBONE_FILE).read_text()).get("kind", "pixel")

@@ -176,20 +176,22 @@ def generate_probe_images(
 
 
 def knows_one_prompt(model: str | Path, lora: Path | None) -> bool:
-    """Whether ``model`` is, or was personalized from, one of iddm's built-in models (``iddm:face-prior``,
-    ``iddm:micro``): they know no prompt but the instance prompt."""
+    """Whether ``model`` is, or was personalized from, a built-in model that knows no prompt but the instance
+    prompt (``iddm:face-prior-64``, ``iddm:micro``)."""
     from iddm.diffusion.generate import generation_source
-    from iddm.diffusion.loading import BUILTIN_MODELS
+    from iddm.diffusion.loading import ONE_PROMPT_MODELS
     from iddm.diffusion.pixel import PIXEL_BACKBONE_FILE
     from iddm.run_layout import resolve_model_dir
 
-    if str(model) in BUILTIN_MODELS or (lora is None and (resolve_model_dir(model) / PIXEL_BACKBONE_FILE).is_file()):
+    if str(model) in ONE_PROMPT_MODELS or (
+        lora is None and (resolve_model_dir(model) / PIXEL_BACKBONE_FILE).is_file()
+    ):
         return True
     try:
         base, _ = generation_source(model, lora)
     except (ValueError, OSError):
         return False
-    return base in BUILTIN_MODELS
+    return base in ONE_PROMPT_MODELS
 
 
 def run_summary(run_dir: str | Path | None) -> RunSummary | None:

@@ -15,7 +15,7 @@ from iddm.config import config_to_dict
 from iddm.images import atomic_write_json, atomic_write_text
 from iddm.run_layout import EVALUATION_FILE, MODEL_CARD, MODEL_FILE, ModelManifest, model_dir
 from iddm.schedule.plan import StagePlan
-from iddm.weights import FACE_PRIOR, PRIOR_FILE
+from iddm.weights import FACE_PRIOR, PRIOR_FILE, PRIOR_FOLDERS, PRIOR_NAMES, prior_name
 
 PRIVATE_OPTIONS = {"photos", "output_dir", "class_data_dir", "perturbation_from", "decoy", "resume_from_checkpoint"}
 """Options that name local files: left out of anything publishable."""
@@ -32,8 +32,8 @@ attacker knows its defaults. See the project's docs/threat_model.md for the meas
 
 def public_model_name(value: str | None) -> str | None:
     """The base model's public name: a hub id or an ``iddm:`` name; ``None`` for a local folder (never a path)."""
-    if value is None:
-        return FACE_PRIOR
+    if value is None or str(value) in PRIOR_NAMES:
+        return prior_name(str(value or FACE_PRIOR))  # the prior's own name: the default alias may move on
     text = str(value)
     if text.startswith("iddm:"):
         return text
@@ -52,9 +52,10 @@ def _usage(manifest: ModelManifest) -> str:
         return "iddm generate --pretrained_model_name_or_path THIS_FOLDER --num_images 8 --output_dir avatars/\n"
     pipeline = "StableDiffusionXLPipeline" if manifest.backbone == "sdxl" else "StableDiffusionPipeline"
     load = f"{pipeline}.from_pretrained({base!r})"
-    if base == FACE_PRIOR:  # shipped inside the iddm package
-        load = f"{pipeline}.from_pretrained(default_prior_path())"
-        pipeline = f"{pipeline}\nfrom iddm.weights import default_prior_path"
+    if base in PRIOR_FOLDERS:  # shipped inside the iddm package
+        load = f"{pipeline}.from_pretrained(prior_path({base!r}))"
+        pipeline = f"{pipeline}\n\nimport iddm.diffusion  # registers the prior's autoencoder class with diffusers\n"
+        pipeline += "from iddm.weights import prior_path"
     if manifest.method == "lora":
         return (
             f"from diffusers import {pipeline}\n"
@@ -66,6 +67,18 @@ def _usage(manifest: ModelManifest) -> str:
         f"from diffusers import {pipeline}\n"
         f'pipe = {pipeline}.from_pretrained("THIS_FOLDER")\n'
         f"image = pipe({manifest.instance_prompt!r}).images[0]\n"
+    )
+
+
+def _requirements(manifest: ModelManifest) -> str:
+    """What a reader needs before the snippet: for iddm's own priors, iddm itself, said plainly."""
+    if manifest.base_model not in PRIOR_FOLDERS:
+        return ""
+    return (
+        f"This LoRA adapts **`{manifest.base_model}`, iddm's own small offline face prior, not Stable Diffusion**: "
+        "it loads onto that model only, and generates small face images. The prior ships inside the iddm Python "
+        "package, so install iddm first (`pip install -e .` in a clone of its repository; it brings diffusers), "
+        "then:\n\n"
     )
 
 
@@ -137,7 +150,7 @@ base_model: {manifest.base_model or "null"}
 
 ## How to use
 
-```
+{_requirements(manifest)}```
 {_usage(manifest)}```
 
 ## Resolved privacy settings

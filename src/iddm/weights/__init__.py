@@ -1,9 +1,11 @@
 """Weights shipped with iddm, and SHA-256 manifests of weight folders.
 
-``face_prior/`` is the offline face prior (a diffusers ``StableDiffusionPipeline`` folder, ~25 MB) that
-``iddm pretrain`` trained on ``data/faces`` (credits: ``data/faces/SOURCES.md``); :func:`default_prior_path`
-returns it after checking every file against its ``SHA256SUMS``. This module sits at the bottom of the layer
-map (it imports only :mod:`iddm.images`) so that :mod:`iddm.diffusion` can load the prior by name.
+The offline face priors are diffusers ``StableDiffusionPipeline`` folders that ``iddm pretrain`` trained
+(credits: ``data/faces/SOURCES.md``): ``face_prior/`` (``iddm:face-prior-64``, 64 px) and, where shipped,
+``face_prior_128/`` (``iddm:face-prior-128``, 128 px, TAEF2 autoencoder). ``taef2/`` is TAEF2 itself (MIT).
+:func:`prior_path` returns a prior by name after checking every file against its ``SHA256SUMS``. This module
+sits at the bottom of the layer map (it imports only :mod:`iddm.images`) so that :mod:`iddm.diffusion` can load
+the priors by name.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from iddm.images import atomic_write_text, file_sha256
 MANIFEST_FILE = "SHA256SUMS"
 """One ``<sha256>  <relative path>`` line per file (``sha256sum -c SHA256SUMS`` checks it too)."""
 FACE_PRIOR = "iddm:face-prior"
-"""The shipped face prior's name for ``--pretrained_model_name_or_path`` (the default base model)."""
+"""The default base model's name for ``--pretrained_model_name_or_path``: an alias of one shipped prior."""
+FACE_PRIOR_64 = "iddm:face-prior-64"
+FACE_PRIOR_128 = "iddm:face-prior-128"
+PRIOR_FOLDERS = {FACE_PRIOR_64: "face_prior", FACE_PRIOR_128: "face_prior_128"}
+"""Each shipped prior's own name and its folder here. Runs and model cards record these names, never the alias."""
+PRIOR_ALIASES = {FACE_PRIOR: FACE_PRIOR_64}
+"""What the alias stands for now."""
+PRIOR_NAMES = (FACE_PRIOR, *PRIOR_FOLDERS)
 PRIOR_FILE = "iddm_prior.json"
 """What personalization on the prior should default to, and how the prior was made."""
 
@@ -88,22 +97,29 @@ def taef2_path() -> Path:
     return _shipped_folder("taef2", "TAEF2 autoencoder")
 
 
-def default_prior_path() -> Path:
-    """The face prior shipped with iddm (``iddm/weights/face_prior``), verified against its SHA-256 manifest.
+def prior_name(name: str) -> str:
+    """The shipped prior's own name for ``name`` (an alias resolved), or ``ValueError`` naming the known ones."""
+    name = PRIOR_ALIASES.get(name, name)
+    if name not in PRIOR_FOLDERS:
+        raise ValueError(f"Unknown built-in prior {name!r}; iddm ships {', '.join(PRIOR_NAMES)}.")
+    return name
+
+
+def prior_path(name: str = FACE_PRIOR) -> Path:
+    """A face prior shipped with iddm, verified against its SHA-256 manifest.
 
     Returns:
-        The folder: a diffusers ``StableDiffusionPipeline`` (``from_pretrained(path, local_files_only=True)``)
+        The folder: a diffusers ``StableDiffusionPipeline`` (``from_pretrained(path, local_files_only=True)``;
+        import :mod:`iddm.diffusion` first, which makes the 128-px prior's autoencoder class known to diffusers)
         plus ``iddm_prior.json`` and ``SHA256SUMS``.
 
     Raises:
+        ValueError: an unknown name, or a file that does not match the manifest.
         FileNotFoundError: the folder or a file of it is missing (an install without package data).
-        ValueError: a file does not match the manifest.
     """
-    folder = Path(__file__).resolve().parent / "face_prior"
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"The shipped face prior {folder} is missing (an install without package data?). Reinstall iddm or "
-            "build one with `iddm pretrain --output_dir DIR`."
-        )
-    verify_manifest(folder)
-    return folder
+    return _shipped_folder(PRIOR_FOLDERS[prior_name(name)], f"face prior {name}")
+
+
+def default_prior_path() -> Path:
+    """The default base model's folder: :func:`prior_path` of ``iddm:face-prior``."""
+    return prior_path(FACE_PRIOR)
