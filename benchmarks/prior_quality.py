@@ -1,16 +1,23 @@
-"""Quality of the face prior: a grid of samples, their face detection rate, and the autoencoder on held-out faces.
+"""Quality of a face prior: samples per prompt (face found, colour), its autoencoder on held-out faces, and a
+Fréchet distance between its samples and held-out real faces.
 
-    python benchmarks/prior_quality.py [--prior DIR] [--num_samples 64] [--grid docs/images/prior_samples.png]
+    python benchmarks/prior_quality.py [--prior iddm:face-prior-128] [--corpus ../shared/data/faces]
+        [--samples_per_prompt 64] [--name prior128]
 
-* Samples: ``--num_samples`` images through plain diffusers (``StableDiffusionPipeline``), sample ``i`` with seed
-  ``i`` and the colour caption for even ``i``, the black-and-white caption for odd ``i``; face detection rate
-  with YuNet (``iddm.faces.detect_faces``: any face found), overall and per caption.
-* Autoencoder: PSNR / SSIM of ``decode(encode(x))`` (posterior mean) against the aligned 64-px crops of the
-  held-out people (never seen in pretraining) and, for comparison, of the pretraining LFW people; plus how well
-  the reconstruction keeps the identity (dlib cosine between crop and reconstruction, and the share above dlib's
-  own threshold).
+* Samples: ``--samples_per_prompt`` images per prompt through plain diffusers (``StableDiffusionPipeline``),
+  sample ``i`` of every prompt with seed ``i``; the prompts are the prior's own (its ``iddm_prior.json``: the
+  sample prompts of a label-captioned prior, or the colour and black-and-white captions). Per prompt: the share
+  with a face found by YuNet, the mean colourfulness and the share that reads as black and white
+  (colourfulness < ``GRAY_COLOURFULNESS``).
+* Autoencoder: PSNR / SSIM of ``decode(encode(x))`` on aligned crops (the prior's resolution and margin) of people
+  never seen in pretraining: the three held-out LFW people of ``data/faces`` and, with ``--corpus``, the 64
+  held-out CFP people (frontal photos; ``benchmarks/cfp_eval_split.json``).
+* Realism: the Fréchet distance between FaceNet embeddings of the first prompt's samples ("a photo of a person"
+  for every prior iddm ships) and of those held-out crops (biased upward for small sets: compare priors at equal
+  ``--samples_per_prompt``).
 
-Writes the grid PNG and a JSON of every number (``--json``).
+Writes ``docs/images/<name>_samples.png`` (a row of 8 per prompt), ``docs/images/<name>_autoencoder.png``
+(held-out crops over their reconstructions) and ``docs/results/<name>_quality.json``.
 """
 
 from __future__ import annotations
@@ -24,25 +31,29 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
+import iddm.diffusion  # noqa: F401  (registers the 128-px prior's autoencoder class with diffusers)
 from iddm.evaluate.linkability import embed_images
-from iddm.evaluate.quality import mean_psnr_ssim
+from iddm.evaluate.quality import GRAY_COLOURFULNESS, colourfulness, frechet_distance, mean_psnr_ssim
 from iddm.faces import detect_faces, load_recognizer
 from iddm.images import atomic_write_json, load_photo, make_grid, save_png
-from iddm.prior import HELD_OUT_IDENTITIES, PRIOR_FILE, default_prior_path
-from iddm.prior.data import aligned_crop, find_identities, is_excluded
+from iddm.prior import PRIOR_FILE
+from iddm.prior.data import aligned_crop
+from iddm.weights import PRIOR_NAMES, prior_path
 
 REPO = Path(__file__).resolve().parents[1]
+HELD_OUT_LFW = ["Gerhard_Schroeder", "Hugo_Chavez", "Tony_Blair"]
 
 
-def crops_of(data_dir: Path, identities: list[str], resolution: int, margin: float, limit: int | None) -> list:
-    """Aligned ``(R, R, 3)`` uint8 crops of every photo (at most ``limit`` per identity) of the given identities."""
-    found = find_identities(data_dir)
-    crops = []
-    for identity, paths in found.items():
-        if is_excluded(identity, identities):
-            for path in paths[:limit]:
-                crops.append(aligned_crop(load_photo(path), str(path), resolution, margin))
-    return crops
+def held_out_crops(corpus: Path | None, resolution: int, margin: float) -> dict[str, list[np.ndarray]]:
+    """Aligned uint8 crops of the held-out people: ``{"lfw": [...], "cfp": [...]}`` (CFP only with a corpus)."""
+    sets = {"lfw": [p for name in HELD_OUT_LFW for p in sorted((REPO / "data/faces/lfw7" / name).glob("*.jpg"))]}
+    if corpus is not None:
+        split = json.loads((REPO / "benchmarks" / "cfp_eval_split.json").read_text())["identities"]
+        sets["cfp"] = [p for identity in split for p in sorted((corpus / identity).glob("frontal_*.jpg"))]
+    return {
+        key: [aligned_crop(load_photo(path), str(path), resolution, margin) for path in paths]
+        for key, paths in sets.items()
+    }
 
 
 @torch.no_grad()
@@ -57,84 +68,85 @@ def reconstruct(pipeline: StableDiffusionPipeline, crops: list[np.ndarray]) -> l
     return list(np.concatenate(out))
 
 
-def identity_kept(crops: list[np.ndarray], recons: list[np.ndarray], recognizer) -> dict:
-    """dlib cosine between each crop and its reconstruction (where both show a face)."""
-    a = embed_images(crops, [recognizer])
-    b = embed_images(recons, [recognizer])
-    both = a.detected & b.detected
-    ea = a.embeddings[recognizer.name][both[a.detected]]
-    eb = b.embeddings[recognizer.name][both[b.detected]]
-    cos = (ea * eb).sum(axis=1)
-    return {
-        "num": int(both.sum()),
-        "mean_cosine": float(cos.mean()),
-        "share_above_threshold": float((cos >= recognizer.threshold).mean()),
-        "threshold": float(recognizer.threshold),
-        "reconstruction_detection_rate": float(b.detected.mean()),
-    }
+def prompts_of(info: dict) -> list[str]:
+    captions = info["captions"]
+    return list(captions["examples"]) if "examples" in captions else [captions["color"], captions["gray"]]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", type=Path, default=None, help="Prior folder (default: the shipped one).")
-    parser.add_argument("--data_dir", type=Path, default=REPO / "data" / "faces", help="Face corpus.")
-    parser.add_argument("--num_samples", type=int, default=64, help="Samples in the grid.")
+    parser.add_argument("--prior", default="iddm:face-prior", help=f"One of {PRIOR_NAMES} or a prior folder.")
+    parser.add_argument("--corpus", type=Path, default=None, help="Face corpus holding cfp/ (held-out CFP people).")
+    parser.add_argument("--samples_per_prompt", type=int, default=64, help="Samples per prompt.")
+    parser.add_argument("--prompts", nargs="+", default=None, help="Prompts (default: the prior's own).")
     parser.add_argument("--guidance_scale", type=float, default=3.0, help="Classifier-free guidance of the samples.")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the samples.")
-    parser.add_argument("--grid", type=Path, default=REPO / "docs" / "prior_samples.png", help="Grid PNG to write.")
-    parser.add_argument("--json", type=Path, default=REPO / "docs" / "prior_quality.json", help="Numbers to write.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads.")
+    parser.add_argument("--name", default="prior", help="Stem of the output files.")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads.")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    prior = args.prior or default_prior_path()
+    prior = prior_path(args.prior) if args.prior in PRIOR_NAMES else Path(args.prior)
     info = json.loads((prior / PRIOR_FILE).read_text())
-    captions = [info["captions"]["color"], info["captions"]["gray"]]
+    prompts = args.prompts or prompts_of(info)
     resolution, margin = info["personalization"]["resolution"], info["personalization"]["margin"]
     pipeline = StableDiffusionPipeline.from_pretrained(prior, local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
 
     started = time.perf_counter()
-    samples = []
-    for i in range(args.num_samples):
-        image = pipeline(
-            captions[i % 2],
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            generator=torch.Generator().manual_seed(i),
-            output_type="np",
-        ).images[0]
-        samples.append((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
-    sample_seconds = time.perf_counter() - started
-    detected = np.array([len(detect_faces(image)) > 0 for image in samples])
-    save_png(args.grid, make_grid(samples, columns=8))
+    per_prompt, samples, rows = {}, [], []
+    for prompt in prompts:
+        images = []
+        for i in range(args.samples_per_prompt):
+            image = pipeline(
+                prompt,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                generator=torch.Generator().manual_seed(i),
+                output_type="np",
+            ).images[0]
+            images.append((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+        colour = np.array([colourfulness(image) for image in images])
+        per_prompt[prompt] = {
+            "face_detection_rate": float(np.mean([len(detect_faces(image)) > 0 for image in images])),
+            "colourfulness": float(colour.mean()),
+            "share_black_and_white": float((colour < GRAY_COLOURFULNESS).mean()),
+        }
+        print(prompt, per_prompt[prompt], flush=True)
+        samples.append(images)
+        rows += images[:8]
+    seconds = time.perf_counter() - started
+    save_png(REPO / "docs/images" / f"{args.name}_samples.png", make_grid(rows, columns=8))
 
-    dlib = load_recognizer("dlib")
-    held_out = crops_of(args.data_dir, HELD_OUT_IDENTITIES, resolution, margin, None)
-    seen_people = [n for n in ("Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "George_W_Bush")]
-    seen = crops_of(args.data_dir, seen_people, resolution, margin, None)
-    held_rec, seen_rec = reconstruct(pipeline, held_out), reconstruct(pipeline, seen)
-    held_psnr, held_ssim = mean_psnr_ssim(held_out, held_rec)
-    seen_psnr, seen_ssim = mean_psnr_ssim(seen, seen_rec)
-    save_png(args.grid.with_name(args.grid.stem + "_vae.png"), make_grid(held_out[::10] + held_rec[::10], columns=15))
+    crops = held_out_crops(args.corpus, resolution, margin)
+    autoencoder = {}
+    for key, real in crops.items():
+        rebuilt = reconstruct(pipeline, real)
+        psnr_db, ssim_value = mean_psnr_ssim(real, rebuilt)
+        autoencoder[key] = {"num": len(real), "psnr_db": psnr_db, "ssim": ssim_value}
+        if key == "lfw":
+            save_png(REPO / "docs/images" / f"{args.name}_autoencoder.png", make_grid(real[::15] + rebuilt[::15], 10))
+    facenet = load_recognizer("facenet")
+    real_faces = embed_images([c for group in crops.values() for c in group], [facenet])
+    sample_faces = embed_images(samples[0], [facenet])
     result = {
-        "prior": str(prior),
+        "prior": args.prior,
+        "resolution": resolution,
         "samples": {
-            "num": args.num_samples,
+            "per_prompt": per_prompt,
+            "num_per_prompt": args.samples_per_prompt,
             "guidance_scale": args.guidance_scale,
             "steps": args.steps,
-            "face_detection_rate": float(detected.mean()),
-            "face_detection_rate_color_caption": float(detected[0::2].mean()),
-            "face_detection_rate_gray_caption": float(detected[1::2].mean()),
-            "seconds_per_sample": sample_seconds / args.num_samples,
+            "seconds_per_sample": seconds / sum(len(images) for images in samples),
         },
-        "autoencoder": {
-            "held_out": {"num": len(held_out), "psnr_db": held_psnr, "ssim": held_ssim,
-                         "dlib_identity": identity_kept(held_out, held_rec, dlib)},
-            "pretraining_lfw_people": {"num": len(seen), "psnr_db": seen_psnr, "ssim": seen_ssim,
-                                       "dlib_identity": identity_kept(seen, seen_rec, dlib)},
+        "autoencoder_held_out": autoencoder,
+        "frechet_distance_facenet": {
+            "prompt": prompts[0],
+            "value": frechet_distance(sample_faces.embeddings["facenet"], real_faces.embeddings["facenet"]),
+            "samples_with_a_face": int(sample_faces.detected.sum()),
+            "held_out_real_faces": int(real_faces.detected.sum()),
         },
-    }  # fmt: skip
-    atomic_write_json(args.json, result)
+    }
+    atomic_write_json(REPO / "docs/results" / f"{args.name}_quality.json", result)
     print(json.dumps(result, indent=2))
     return result
 

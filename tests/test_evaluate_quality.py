@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 
 from iddm.evaluate.quality import BRISQUE_MIN_SIDE, brisque_score, mean_psnr_ssim, psnr, ssim, to_float01
@@ -102,3 +103,24 @@ def test_robustness_input_errors(photo):
         resize(photo, 2.0)
     with pytest.raises(ValueError, match=">= 0"):
         gaussian_blur(photo, -1.0)
+
+
+def test_colourfulness_tells_grey_from_colour():
+    from iddm.evaluate.quality import GRAY_COLOURFULNESS, colourfulness
+
+    photo = skimage.data.astronaut()
+    grey = np.repeat(photo.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+    assert colourfulness(grey) == 0.0 and colourfulness(photo) > 3 * GRAY_COLOURFULNESS
+    assert colourfulness(photo) == pytest.approx(colourfulness(photo / 255.0))
+
+
+def test_frechet_distance_is_zero_for_one_set_the_shift_for_a_shifted_one_and_undefined_for_few():
+    from iddm.evaluate.quality import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(8 * 4.0, rel=1e-6)  # |shift|^2, equal covariances
+    assert frechet_distance(a, 3 * a) > frechet_distance(a, 1.5 * a) > 0
+    with pytest.warns(UserWarning, match="undefined: 9 and 400"):
+        assert frechet_distance(a[:9], a) is None

@@ -27,6 +27,9 @@ telling noise from clean (64 -> 256 px: noisy copies score *better* than clean o
 only between images of the same resolution.
 
 PSNR and SSIM (imperceptibility of ``X + delta``) live in :mod:`iddm.fidelity`, shared with the optimizer's logs.
+
+:func:`colourfulness` (Hasler and Süsstrunk, 2003) tells a colour face from a grey one; :func:`frechet_distance`
+compares two sets of features as Gaussians (as FID does), undefined (``None``, with a warning) for too few.
 """
 
 from __future__ import annotations
@@ -36,9 +39,63 @@ import math
 import warnings
 from typing import Any
 
+import numpy as np
+
 from iddm.fidelity import mean_psnr_ssim, psnr, ssim, to_float01
 
-__all__ = ["BRISQUE_MIN_SIDE", "brisque_score", "mean_psnr_ssim", "psnr", "ssim", "to_float01"]
+__all__ = [
+    "BRISQUE_MIN_SIDE",
+    "GRAY_COLOURFULNESS",
+    "MIN_FRECHET_SAMPLES",
+    "brisque_score",
+    "colourfulness",
+    "frechet_distance",
+    "mean_psnr_ssim",
+    "psnr",
+    "ssim",
+    "to_float01",
+]
+
+GRAY_COLOURFULNESS = 10.0
+"""Below this colourfulness an image reads as black and white (Hasler and Süsstrunk: 0 none, 15 slightly, 33
+moderately colourful)."""
+MIN_FRECHET_SAMPLES = 10
+"""Fewest feature vectors per set for :func:`frechet_distance`; fewer give ``None``, never a number."""
+
+
+def colourfulness(image: Any) -> float:
+    """Hasler and Süsstrunk's colourfulness of an RGB image on the 0..255 scale: 0 for a grey image, about 50
+    for a typical colour photo. ``M = sqrt(sd(rg)^2 + sd(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2)`` with
+    ``rg = R - G`` and ``yb = (R + G) / 2 - B``."""
+    rgb = to_float01(image) * 255.0
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def frechet_distance(a: Any, b: Any, min_samples: int = MIN_FRECHET_SAMPLES) -> float | None:
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` ``(N, D)`` and ``b`` ``(M, D)``:
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``. Comparable only between set pairs of similar sizes
+    (it is biased upward for small sets).
+
+    Returns:
+        The distance (>= 0), or ``None`` with a warning when either set has fewer than ``min_samples`` rows.
+    """
+    from scipy import linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if min(len(a), len(b)) < min_samples:
+        warnings.warn(
+            f"Fréchet distance undefined: {len(a)} and {len(b)} feature vectors, at least {min_samples} per set "
+            "needed.",
+            stacklevel=2,
+        )
+        return None
+    mean = a.mean(0) - b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(max(mean @ mean + np.trace(cov_a + cov_b - 2 * root), 0.0))
 
 
 BRISQUE_MIN_SIDE = 64
