@@ -16,6 +16,7 @@ from diffusers import StableDiffusionPipeline
 from iddm.config import build_config
 from iddm.diffusion import load_backbone
 from iddm.diffusion.taef2 import TAEF2_SHA256, TinyFluxAutoencoder, convert_taef2
+from iddm.evaluate.harness import default_probe_prompts
 from iddm.prior import PRIOR_FILE, PretrainConfig, pretrain, verify_manifest
 from iddm.prior.captions import caption, drop_labels, labels_from_path
 from iddm.prior.data import is_excluded, split_cfp
@@ -196,6 +197,9 @@ def test_pretrain_with_taef2_writes_a_text_conditioned_prior_and_resumes(labelle
     assert (out / CACHE_DIR).is_dir() and (out / "vae" / "LICENSE").read_text().startswith("MIT License")
     pipeline = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert isinstance(pipeline.vae, TinyFluxAutoencoder) and pipeline.vae.config.scaling_factor != 1.0
+    # A text-conditioned prior is probed with its own prompts; the 64-px prior knows only the instance prompt.
+    assert default_probe_prompts(out, None) == info["probe_prompts"] == PretrainConfig().probe_prompts
+    assert default_probe_prompts("iddm:face-prior-64", None) == ["a photo of sks person"]
 
     resumed = tmp_path / "resumed"
     resumed.mkdir()

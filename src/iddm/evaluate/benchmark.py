@@ -46,7 +46,7 @@ from iddm.evaluate.cells import (
     with_ssim_to_vanilla,
 )
 from iddm.evaluate.dataset import Identity, discover_dataset
-from iddm.evaluate.harness import DEFAULT_PROMPTS, knows_one_prompt
+from iddm.evaluate.harness import default_probe_prompts, knows_one_prompt
 from iddm.evaluate.linkability import FaceSet, targeted_search
 from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend, privacy_utility_plot
 from iddm.evaluate.report import json_safe
@@ -74,7 +74,8 @@ class BenchmarkConfig:
     levels: list[str] = field(["low", "medium", "high"], help="Privacy levels (presets or numbers in (0, 1]).")
     model: str = field(
         DEFAULT_MODEL,
-        help="Base model to personalize: 'iddm:face-prior' (the shipped offline prior), 'iddm:micro' (the pixel "
+        help="Base model to personalize: 'iddm:face-prior' (the default shipped offline prior), "
+        "'iddm:face-prior-64' or 'iddm:face-prior-128' (each shipped prior by name), 'iddm:micro' (the pixel "
         "backbone trained from scratch), a diffusers folder or a hub id.",
     )
     max_train_steps: int | None = field(
@@ -90,7 +91,9 @@ class BenchmarkConfig:
     backends: list[str] = field(DEFAULT_BACKENDS, help="FR systems of the attacker.")
     num_images: int = field(8, help="Images generated per cell.", ge=1, le=100_000)
     prompts: list[str] = field(
-        [], help="Prompts added to the 3 standard ones (iddm:face-prior and iddm:micro use the instance prompt only)."
+        [],
+        help="Prompts added to the model's probe prompts (Stable Diffusion's 3, a face prior's own from its "
+        "iddm_prior.json; iddm:face-prior-64 and iddm:micro use the instance prompt only).",
     )
     seeds: list[int] = field(
         [0],
@@ -177,7 +180,7 @@ def cell_plan(config: BenchmarkConfig, extra: dict, output_dir: Path, torch_thre
     return CellPlan(
         output_dir=output_dir,
         personalize=personalize,
-        prompts=tuple(DEFAULT_PROMPTS[:1] if one_prompt else [*DEFAULT_PROMPTS, *config.prompts]),
+        prompts=tuple(default_probe_prompts(config.model, None) + ([] if one_prompt else list(config.prompts))),
         backends=tuple(k.strip().lower() for k in config.backends),
         num_images=config.num_images,
         generation_seed=config.generation_seed,

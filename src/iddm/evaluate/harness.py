@@ -194,6 +194,28 @@ def knows_one_prompt(model: str | Path, lora: Path | None) -> bool:
     return base in ONE_PROMPT_MODELS
 
 
+def default_probe_prompts(model: str | Path, lora: Path | None) -> list[str]:
+    """The prompts ``model`` is probed with when none are given: the instance prompt for a built-in model that knows
+    no other, a face prior's own ``probe_prompts`` (its ``iddm_prior.json``), else Stable Diffusion's three."""
+    import json
+
+    from iddm.diffusion.generate import generation_source
+    from iddm.run_layout import resolve_model_dir
+    from iddm.weights import PRIOR_FILE, PRIOR_NAMES, prior_path
+
+    if knows_one_prompt(model, lora):
+        return DEFAULT_PROMPTS[:1]
+    try:
+        base, _ = generation_source(model, lora)
+        folder = prior_path(base) if base in PRIOR_NAMES else resolve_model_dir(base)
+    except (ValueError, OSError, TypeError):
+        return list(DEFAULT_PROMPTS)
+    info = folder / PRIOR_FILE
+    if not info.is_file():
+        return list(DEFAULT_PROMPTS)
+    return list(json.loads(info.read_text()).get("probe_prompts", DEFAULT_PROMPTS))
+
+
 def run_summary(run_dir: str | Path | None) -> RunSummary | None:
     """What the evaluation needs to know about the run: folder, defense, privacy level, surrogates, steps."""
     if run_dir is None:
@@ -218,7 +240,7 @@ def _probe_images(config: EvaluateConfig, output_dir: Path) -> tuple[list, Path,
     if config.model is None:
         images, paths, _ = load_images(config.images, "generated images")
         return images, config.images, [p.name for p in paths], config.prompt
-    prompts = list(config.prompt or DEFAULT_PROMPTS)
+    prompts = list(config.prompt or default_probe_prompts(config.model, config.lora))
     if knows_one_prompt(config.model, config.lora):
         prompts = prompts[:1]
     images_dir = output_dir / "images"

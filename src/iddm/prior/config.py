@@ -149,5 +149,10 @@ class PretrainConfig:
         ],
         help="Prompts of the samples.png grid, in turn (with captions 'color_gray': the two captions).",
     )
+    probe_prompts: list[str] = field(
+        ["a photo of sks person", "a black and white photo of sks person", "a profile photo of sks person"],
+        help="Prompts iddm evaluate / benchmark draw a model personalized from this prior with (its iddm_prior.json; "
+        "with captions 'color_gray' only the first is used).",
+    )
     sample_guidance_scale: float = field(3.0, help="Classifier-free guidance of the samples.png grid.")
     sample_steps: int = field(25, help="DDIM steps of the samples.png grid.")

@@ -75,6 +75,7 @@ def write_prior(
         ),
         "personalization": personalization_defaults(config),
         "captions": _caption_info(config),
+        **({"probe_prompts": list(config.probe_prompts)} if config.captions == "labels" else {}),
         "latent_shape": [latent_channels(config), side, side],
         "scaling_factor": float(latents["scaling"]),
         "parameters": {
