@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from iddm.cli import main
 from iddm.config import build_config
-from iddm.diffusion import LORA_WEIGHT_NAME, build_clip_tokenizer, save_tiny_sd_pipeline
+from iddm.diffusion import LORA_WEIGHT_NAME, build_clip_tokenizer, load_backbone, save_tiny_sd_pipeline
 from iddm.diffusion.export import KOHYA_WEIGHT_NAME
 from iddm.prior.defaults import RECOMMENDED_LORA
 from iddm.schedule import PersonalizeConfig, personalize
@@ -57,6 +57,17 @@ def test_real_clip_tokenizer_offline():
     tokenizer = build_clip_tokenizer()
     assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
     assert tokenizer("a photo of").input_ids == [49406, 320, 1125, 539, 49407]
+
+
+def test_a_prompt_longer_than_the_tokenizer_takes_is_cut_with_one_warning(tiny_sd, caplog):
+    backbone = load_backbone(tiny_sd)
+    long = "a photo of sks person " + "in a very long and detailed scene " * 12
+    short = backbone.encode_prompts(["a photo of sks person"]).hidden_states
+    cut = backbone.encode_prompts([long, long]).hidden_states
+    backbone.encode_prompts([long])
+    assert cut.shape[1] == short.shape[1] == 77
+    warnings = [r.getMessage() for r in caplog.records if "cut to the text encoder's 77" in r.getMessage()]
+    assert len(warnings) == 1 and "tokens cut" in warnings[0]
 
 
 def test_tiny_sd_cli_writes_a_loadable_pipeline(tmp_path):

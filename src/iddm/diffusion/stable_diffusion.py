@@ -80,6 +80,7 @@ class StableDiffusionBackbone(Backbone):
         self.loaded_dtypes = {name: module.dtype for name, module in self.components().items()}
         self._trainable: dict[str, nn.Module] = {}
         self._method = "lora"
+        self._warned_prompts: set[str] = set()
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
@@ -133,9 +134,16 @@ class StableDiffusionBackbone(Backbone):
         return ((decoded + 1) / 2).clamp(0, 1)
 
     def _tokens(self, tokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:
-        return tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(device)
+        """Token ids ``(B, L)`` padded to the tokenizer's length ``L``; a longer prompt is cut to ``L`` with a warning
+        (once per prompt), as diffusers' pipelines do."""
+        limit = tokenizer.model_max_length
+        for prompt in set(prompts) - self._warned_prompts:
+            length = len(tokenizer(prompt, truncation=False).input_ids)
+            if length > limit:
+                self._warned_prompts.add(prompt)
+                logger.warning("Prompt of %d tokens cut to the text encoder's %d: %r", length, limit, prompt)
+        ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+        return ids.input_ids.to(device)
 
     def encode_prompts(self, prompts):
         encoder = self.pipeline.text_encoder
