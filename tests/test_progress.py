@@ -23,7 +23,9 @@ def test_progress_off_a_terminal_logs_plain_lines_not_carriage_returns(capsys, c
 def test_progress_lines_are_rate_limited_and_a_transient_bar_still_reports_its_end(caplog):
     caplog.set_level(logging.INFO, logger="iddm.progress")
     with progress_bar(total=1000, desc="cells", unit="cell", leave=False, interval=3600) as bar:
-        for _ in range(1000):
+        for done in range(1000):
             bar.update(1)
+            bar.set_postfix_str(f"done {done + 1}")  # redraws at once, as the Ray scheduler's bar does
     lines = [r.getMessage() for r in caplog.records if r.name == "iddm.progress"]
-    assert len(lines) == 1 and lines[0].startswith("cells: 100% 1000/1000"), lines
+    assert len(lines) == 2 and lines[0].startswith("cells:   0% 1/1000"), lines  # the first step, then the end
+    assert lines[1].startswith("cells: 100% 1000/1000"), lines

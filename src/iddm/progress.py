@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import sys
+import time
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -25,23 +27,23 @@ class LogLines(tqdm):
     and once when it closes, instead of redrawing a bar."""
 
     def __init__(self, iterable=None, *args: Any, interval: float = LOG_INTERVAL_S, **kwargs: Any):
-        kwargs.update(file=io.StringIO(), mininterval=interval, maxinterval=max(interval, 10.0), ncols=0, ascii=True)
-        kwargs.setdefault("leave", True)
-        self._closing = False
+        self._interval, self._last_line = interval, -math.inf
+        kwargs.update(file=io.StringIO(), mininterval=interval, ncols=0, ascii=True)
         super().__init__(iterable, *args, **kwargs)
 
+    def _log(self) -> None:
+        logger.info(self.format_meter(**self.format_dict))
+        self._last_line = time.monotonic()
+
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        if msg == "" or self.disable:  # tqdm clears a finished bar with an empty message
-            return True
-        if self.n == 0 and self.last_print_n == 0 and not self._closing:
-            return True  # nothing done yet
-        logger.info(msg or self.format_meter(**self.format_dict))
+        # tqdm also redraws on every set_postfix(refresh=True); a log file gets a line per interval at most.
+        if msg != "" and not self.disable and self.n and time.monotonic() - self._last_line >= self._interval:
+            self._log()
         return True
 
     def close(self) -> None:
-        self._closing = True
-        if not self.disable and not self.leave and self.n:
-            logger.info(self.format_meter(**self.format_dict))  # tqdm would only erase a bar that does not stay
+        if not self.disable and self.n:  # tqdm disables itself before its final redraw: log the end here
+            self._log()
         super().close()
 
 
