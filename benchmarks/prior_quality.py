@@ -1,7 +1,7 @@
 """Quality of a face prior: samples per prompt (face found, colour), its autoencoder on held-out faces, and a
 Fréchet distance between its samples and held-out real faces.
 
-    python benchmarks/prior_quality.py [--prior iddm:face-prior-128] [--corpus ../shared/data/faces]
+    python benchmarks/prior_quality.py [--prior iddm:face-prior-64 | PRIOR_FOLDER] [--corpus ../shared/data/faces]
         [--samples_per_prompt 64] [--name prior128]
 
 * Samples: ``--samples_per_prompt`` images per prompt through plain diffusers (``StableDiffusionPipeline``),

@@ -1,8 +1,8 @@
 """Weights shipped with iddm, and SHA-256 manifests of weight folders.
 
 The offline face priors are diffusers ``StableDiffusionPipeline`` folders that ``iddm pretrain`` trained
-(credits: ``data/faces/SOURCES.md``): ``face_prior/`` (``iddm:face-prior-64``, 64 px) and, where shipped,
-``face_prior_128/`` (``iddm:face-prior-128``, 128 px, TAEF2 autoencoder). ``taef2/`` is TAEF2 itself (MIT).
+(credits: ``data/faces/SOURCES.md``): ``face_prior/`` (``iddm:face-prior-64``, 64 px). ``taef2/`` is TAEF2 (MIT),
+the autoencoder of the 128-px recipe of ``iddm pretrain``; a prior made with it ships once it draws faces.
 :func:`prior_path` returns a prior by name after checking every file against its ``SHA256SUMS``. This module
 sits at the bottom of the layer map (it imports only :mod:`iddm.images`) so that :mod:`iddm.diffusion` can load
 the priors by name.
@@ -20,8 +20,7 @@ MANIFEST_FILE = "SHA256SUMS"
 FACE_PRIOR = "iddm:face-prior"
 """The default base model's name for ``--pretrained_model_name_or_path``: an alias of one shipped prior."""
 FACE_PRIOR_64 = "iddm:face-prior-64"
-FACE_PRIOR_128 = "iddm:face-prior-128"
-PRIOR_FOLDERS = {FACE_PRIOR_64: "face_prior", FACE_PRIOR_128: "face_prior_128"}
+PRIOR_FOLDERS = {FACE_PRIOR_64: "face_prior"}
 """Each shipped prior's own name and its folder here. Runs and model cards record these names, never the alias."""
 PRIOR_ALIASES = {FACE_PRIOR: FACE_PRIOR_64}
 """What the alias stands for now."""
