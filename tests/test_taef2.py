@@ -207,3 +207,22 @@ def test_pretrain_with_taef2_writes_a_text_conditioned_prior_and_resumes(labelle
     pretrain(_taef2_config(labelled_corpus, resumed, checkpointing_steps=2, resume_from_checkpoint="latest"))
     name = "unet/diffusion_pytorch_model.safetensors"
     assert (resumed / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_per_channel_latents_and_v_prediction_reach_the_written_pipeline(labelled_corpus, taef2, tmp_path):
+    out = tmp_path / "prior"
+    overrides = dict(latent_normalization="per_channel", prediction_type="v_prediction", num_sample_images=0)
+    pretrain(_taef2_config(labelled_corpus, out, **overrides))
+    pipeline = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    vae = pipeline.vae
+    assert len(vae.config.latents_mean) == len(vae.config.latents_std) == 32
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        normalized, raw = vae.encode(x).latent_dist.mean, taef2.encode(x).latent_dist.mean
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
+        assert torch.allclose(
+            normalized * torch.tensor(vae.config.latents_std).view(1, -1, 1, 1) + mean, raw, atol=1e-4
+        )
+        assert torch.allclose(vae.decode(normalized).sample, taef2.decode(raw).sample, atol=1e-4)
+    assert load_backbone(out).noise_scheduler.config.prediction_type == "v_prediction"

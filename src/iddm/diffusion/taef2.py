@@ -133,6 +133,8 @@ class TinyFluxAutoencoder(ModelMixin, ConfigMixin):
         block_out_channels: only its length is read (by diffusers' pipelines and iddm: the downsampling factor is
             ``2 ** (len - 1)`` = 8).
         scaling_factor: latents are multiplied by it before the UNet (``1 / std`` of the pretraining latents).
+        latents_mean, latents_std: per-channel statistics of the raw latents; when set, ``encode`` returns
+            ``(z - mean) / std`` and ``decode`` undoes it (TAEF2's channels have means from -1.2 to 1.0).
         force_upcast: whether mixed-precision code should keep this model in float32.
     """
 
@@ -148,20 +150,35 @@ class TinyFluxAutoencoder(ModelMixin, ConfigMixin):
         shift_factor: float | None = None,
         force_upcast: bool = False,
         sample_size: int = 128,
+        latents_mean: list[float] | None = None,
+        latents_std: list[float] | None = None,
     ):
         super().__init__()
         self.encoder = build_encoder(width, latent_channels)
         self.decoder = build_decoder(width, latent_channels)
 
+    def _statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.config.latents_mean is None:
+            return None
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.config.latents_mean, dtype=like.dtype, device=like.device).view(shape)
+        return mean, torch.tensor(self.config.latents_std, dtype=like.dtype, device=like.device).view(shape)
+
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> TinyEncoderOutput | tuple[PointLatent]:
-        """``(B, 3, R, R)`` images in ``[-1, 1]`` -> ``latent_dist`` over ``(B, C, R/8, R/8)`` (unscaled) latents."""
-        dist = PointLatent(self.encoder(x.add(1).div(2)))
+        """``(B, 3, R, R)`` images in ``[-1, 1]`` -> ``latent_dist`` over ``(B, C, R/8, R/8)`` (unscaled) latents,
+        per-channel normalized when ``latents_mean`` is set."""
+        z = self.encoder(x.add(1).div(2))
+        statistics = self._statistics(z)
+        dist = PointLatent(z if statistics is None else (z - statistics[0]) / statistics[1])
         return TinyEncoderOutput(latent_dist=dist) if return_dict else (dist,)
 
     def decode(
         self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
     ) -> TinyDecoderOutput | tuple[torch.Tensor]:
         """``(B, C, r, r)`` unscaled latents -> ``(B, 3, 8r, 8r)`` images in about ``[-1, 1]`` (not clamped)."""
+        statistics = self._statistics(z)
+        if statistics is not None:
+            z = z * statistics[1] + statistics[0]
         images = self.decoder(z).mul(2).sub(1)
         return TinyDecoderOutput(sample=images) if return_dict else (images,)
 

@@ -124,7 +124,7 @@ def _tiny_vae(resolution: int, **config) -> AutoencoderKL:
     )
 
 
-def _sd_scheduler() -> DDIMScheduler:
+def _sd_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     """SD 1.x's (and SDXL's) noise schedule, sampled with DDIM."""
     return DDIMScheduler(
         beta_start=0.00085,
@@ -133,17 +133,21 @@ def _sd_scheduler() -> DDIMScheduler:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
+        prediction_type=prediction_type,
     )
 
 
-def assemble_sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` of the given components with SD 1.x's DDIM noise schedule, no safety checker."""
+def assemble_sd_pipeline(
+    unet, vae, text_encoder, tokenizer, prediction_type: str = "epsilon"
+) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` of the given components with SD 1.x's DDIM noise schedule (the UNet predicting
+    ``prediction_type``), no safety checker."""
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_sd_scheduler(),
+        scheduler=_sd_scheduler(prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -80,6 +80,18 @@ class PretrainConfig:
         "cached); 'train': an AutoencoderKL of vae_channels trained in a first stage (the 64-px prior's recipe).",
         choices=["taef2", "train"],
     )
+    latent_normalization: str = field(
+        "scalar",
+        help="With autoencoder 'taef2': 'scalar' scales all latents by 1 / their std (SD's scaling_factor); "
+        "'per_channel' centres and scales each of TAEF2's 32 channels (stored in the prior's vae config).",
+        choices=["scalar", "per_channel"],
+    )
+    prediction_type: str = field(
+        "epsilon",
+        help="What the UNet learns to predict: 'epsilon' (SD 1.x) or 'v_prediction' (SD 2.x; its x0 estimate stays "
+        "usable at the noisiest steps, where sampling starts).",
+        choices=["epsilon", "v_prediction"],
+    )
     vae_channels: list[int] = field(
         [32, 64, 128], help="AutoencoderKL block widths; each block after the first halves the resolution."
     )

@@ -40,7 +40,7 @@ def write_prior(
         for name, parameter in unet.named_parameters():
             parameter.copy_(ema[name])
     unet.eval()
-    pipeline = assemble_sd_pipeline(unet, vae, text_encoder, tokenizer)
+    pipeline = assemble_sd_pipeline(unet, vae, text_encoder, tokenizer, config.prediction_type)
     pipeline.set_progress_bar_config(disable=True)
     grid = None
     if config.num_sample_images > 0:

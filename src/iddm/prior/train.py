@@ -105,6 +105,8 @@ def _check_config(config: PretrainConfig) -> Path:
         raise ValueError(f"--label_dropout must be in [0, 1), got {config.label_dropout}.")
     if config.held_out_cfp < 0:
         raise ValueError(f"--held_out_cfp must be at least 0, got {config.held_out_cfp}.")
+    if config.latent_normalization == "per_channel" and config.autoencoder != "taef2":
+        raise ValueError("--latent_normalization per_channel needs --autoencoder taef2.")
     if config.unet_steps < 1 or (config.autoencoder == "train" and config.vae_steps < 1):
         raise ValueError("--vae_steps and --unet_steps must be at least 1.")
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
@@ -120,10 +122,17 @@ def _check_config(config: PretrainConfig) -> Path:
 
 
 def cached_latents(vae, corpus: Corpus, config: PretrainConfig, output_dir: Path) -> dict[str, torch.Tensor]:
-    """The frozen autoencoder's latents of every crop (and mirror), through the shard cache; sets its scaling factor
-    to ``1 / std`` of the latents, as for a trained one."""
+    """The frozen autoencoder's latents of every crop (and mirror), through the shard cache (raw latents); with
+    ``latent_normalization="per_channel"`` centred and scaled per channel (the statistics go into the autoencoder's
+    config, so the pipeline encodes and decodes the same way); then its scaling factor set to ``1 / std``."""
+    if vae.config.latents_mean is not None:
+        raise ValueError("The latent cache holds raw latents: encode with an autoencoder without latents_mean.")
     key = cache_key(corpus.fingerprint, config.resolution, config.margin, config.flip, module_digest(vae))
     mean = encode_corpus(vae, corpus.images, output_dir / CACHE_DIR / key, flip=config.flip)
+    if config.latent_normalization == "per_channel":
+        channel_mean, channel_std = mean.mean(dim=(0, 2, 3)), mean.std(dim=(0, 2, 3))
+        mean = (mean - channel_mean.view(1, -1, 1, 1)) / channel_std.view(1, -1, 1, 1)
+        vae.register_to_config(latents_mean=channel_mean.tolist(), latents_std=channel_std.tolist())
     scaling = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=scaling)
     logger.info("Latents %s of %d crops, scaling factor %.4f.", tuple(mean.shape[1:]), len(mean), scaling)
@@ -152,10 +161,15 @@ def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: flo
             ema[name].mul_(d).add_(parameter.detach(), alpha=1 - d)
 
 
-def noise_scheduler() -> DDPMScheduler:
-    """Stable Diffusion 1.x's training schedule: 1,000 scaled-linear steps, beta 0.00085..0.012, epsilon."""
+def noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """Stable Diffusion 1.x's training schedule: 1,000 scaled-linear steps, beta 0.00085..0.012."""
     return DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type=prediction_type,
     )
 
 
@@ -245,7 +259,7 @@ class _Run:
     def __init__(self, config, accelerator, corpus: Corpus, vae, unet, captions: CaptionBank):
         self.config, self.accelerator, self.corpus = config, accelerator, corpus
         self.vae, self.unet, self.captions = vae, unet, captions
-        self.scheduler = noise_scheduler()
+        self.scheduler = noise_scheduler(config.prediction_type)
         trains_vae = config.autoencoder == "train"
         self.vae_steps = config.vae_steps if trains_vae else 0
         self.total = self.vae_steps + config.unet_steps
@@ -382,7 +396,8 @@ def _unet_step(unet, latents, corpus, captions, scheduler, config: PretrainConfi
     noisy = scheduler.add_noise(sample, noise, timesteps)
     with accelerator.autocast():
         prediction = unet(noisy.to(device), timesteps.to(device), context).sample
-    return F.mse_loss(prediction.float(), noise.to(device))
+    target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(sample, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.to(device))
 
 
 __all__ = ["PretrainResult", "list_checkpoints", "pretrain", "resolve_checkpoint"]
