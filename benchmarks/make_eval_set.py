@@ -29,10 +29,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from iddm.prior.config import HELD_OUT_LFW
+
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT / "data" / "faces" / "lfw7"
 FIXTURES = ROOT / "tests" / "fixtures" / "photos"
-HELD_OUT_LFW = ["Gerhard_Schroeder", "Hugo_Chavez", "Tony_Blair"]
 PRETRAINED_LFW = ["Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "George_W_Bush"]
 FIXTURE_USERS = {"obama": 3, "macron": 1, "ardern": 1}  # name -> photos trained on (the next one is the reference)
 FIXTURE_DISTRACTORS = ["biden", "sunak"]

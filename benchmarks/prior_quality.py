@@ -35,25 +35,35 @@ import iddm.diffusion  # noqa: F401  (registers the 128-px prior's autoencoder c
 from iddm.evaluate.linkability import embed_images
 from iddm.evaluate.quality import GRAY_COLOURFULNESS, colourfulness, frechet_distance, mean_psnr_ssim
 from iddm.faces import detect_faces, load_recognizer
-from iddm.images import atomic_write_json, load_photo, make_grid, save_png
+from iddm.images import PhotoError, atomic_write_json, load_photo, make_grid, save_png
 from iddm.prior import PRIOR_FILE
+from iddm.prior.config import HELD_OUT_LFW
 from iddm.prior.data import aligned_crop
 from iddm.weights import PRIOR_NAMES, prior_path
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT_LFW = ["Gerhard_Schroeder", "Hugo_Chavez", "Tony_Blair"]
 
 
 def held_out_crops(corpus: Path | None, resolution: int, margin: float) -> dict[str, list[np.ndarray]]:
-    """Aligned uint8 crops of the held-out people: ``{"lfw": [...], "cfp": [...]}`` (CFP only with a corpus)."""
+    """Aligned uint8 crops of the held-out people: ``{"lfw": [...], "cfp": [...]}`` (CFP only with a corpus); photos
+    without a detectable face are skipped and counted."""
     sets = {"lfw": [p for name in HELD_OUT_LFW for p in sorted((REPO / "data/faces/lfw7" / name).glob("*.jpg"))]}
     if corpus is not None:
-        split = json.loads((REPO / "benchmarks" / "cfp_eval_split.json").read_text())["identities"]
-        sets["cfp"] = [p for identity in split for p in sorted((corpus / identity).glob("frontal_*.jpg"))]
-    return {
-        key: [aligned_crop(load_photo(path), str(path), resolution, margin) for path in paths]
-        for key, paths in sets.items()
-    }
+        from make_eval_set import cfp_held_out  # the committed split, checked against this corpus
+
+        sets["cfp"] = [
+            p for identity in cfp_held_out(corpus) for p in sorted((corpus / identity).glob("frontal_*.jpg"))
+        ]
+    crops: dict[str, list[np.ndarray]] = {}
+    for key, paths in sets.items():
+        crops[key] = []
+        for path in paths:
+            try:
+                crops[key].append(aligned_crop(load_photo(path), str(path), resolution, margin))
+            except (PhotoError, ValueError) as err:  # a face YuNet misses (FaceNotFoundError): counted, not a crash
+                print(f"skipped {err}")
+        print(f"{key}: {len(crops[key])} of {len(paths)} held-out photos cropped")
+    return crops
 
 
 @torch.no_grad()
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         "autoencoder_held_out": autoencoder,
         "frechet_distance_facenet": {
             "prompt": prompts[0],
-            "value": frechet_distance(sample_faces.embeddings["facenet"], real_faces.embeddings["facenet"]),
+            "value": frechet_distance(sample_faces.embeddings[facenet.name], real_faces.embeddings[facenet.name]),
             "samples_with_a_face": int(sample_faces.detected.sum()),
             "held_out_real_faces": int(real_faces.detected.sum()),
         },

@@ -80,7 +80,7 @@ class StableDiffusionBackbone(Backbone):
         self.loaded_dtypes = {name: module.dtype for name, module in self.components().items()}
         self._trainable: dict[str, nn.Module] = {}
         self._method = "lora"
-        self._warned_prompts: set[str] = set()
+        self._checked_prompts: set[str] = set()
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
@@ -137,10 +137,10 @@ class StableDiffusionBackbone(Backbone):
         """Token ids ``(B, L)`` padded to the tokenizer's length ``L``; a longer prompt is cut to ``L`` with a warning
         (once per prompt), as diffusers' pipelines do."""
         limit = tokenizer.model_max_length
-        for prompt in set(prompts) - self._warned_prompts:
+        for prompt in set(prompts) - self._checked_prompts:  # each prompt is measured once, off the training hot path
+            self._checked_prompts.add(prompt)
             length = len(tokenizer(prompt, truncation=False).input_ids)
             if length > limit:
-                self._warned_prompts.add(prompt)
                 logger.warning("Prompt of %d tokens cut to the text encoder's %d: %r", length, limit, prompt)
         ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return ids.input_ids.to(device)

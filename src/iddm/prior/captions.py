@@ -117,12 +117,10 @@ class CaptionBank:
         return torch.stack([self.states[text] for text in captions])
 
 
-def batch_captions(
-    items: torch.Tensor, corpus, config: PretrainConfig, flip: bool, generator: torch.Generator
-) -> list[str]:
+def batch_captions(items: torch.Tensor, corpus, config: PretrainConfig, generator: torch.Generator) -> list[str]:
     """The captions of training items ``items`` (crop ``i // 2`` with mirrors): caption dropout to ``""`` first, then
     per item its labels' caption (``captions="labels"``, with label dropout) or the colour/grey caption."""
-    crops = (items // 2 if flip else items).tolist()
+    crops = (items // 2 if config.flip else items).tolist()
     dropped = (torch.rand(len(crops), generator=generator) < config.caption_dropout).tolist()
     texts = []
     for crop, drop in zip(crops, dropped, strict=True):

@@ -7,19 +7,19 @@ from pathlib import Path
 
 from iddm.config import field
 
+HELD_OUT_LFW = ["Gerhard_Schroeder", "Hugo_Chavez", "Tony_Blair"]
+"""The LFW evaluation people (the last three of ``lfw7``'s seven, alphabetically, chosen before any training)."""
 HELD_OUT_IDENTITIES = [
-    "Gerhard_Schroeder",
-    "Hugo_Chavez",
-    "Tony_Blair",
+    *HELD_OUT_LFW,
     "Barack_Obama",
     "Joe_Biden",
     "Emmanuel_Macron",
     "Jacinda_Ardern",
     "Rishi_Sunak",
 ]
-"""People never seen in pretraining: the LFW evaluation people (the last three of ``lfw7``'s seven, alphabetically,
-chosen before any training) and iddm's test-fixture people, wherever a corpus holds them (matched by folder name,
-ignoring CFP's ``NNN_`` prefix). The CFP evaluation identities are held out by a rule: ``held_out_cfp``."""
+"""People never seen in pretraining: the LFW evaluation people and iddm's test-fixture people, wherever a corpus
+holds them (matched by folder name, ignoring CFP's ``NNN_`` prefix). The CFP evaluation identities are held out by
+a rule: ``held_out_cfp``."""
 
 
 @dataclass

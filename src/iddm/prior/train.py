@@ -390,7 +390,7 @@ def _unet_step(unet, latents, corpus, captions, scheduler, config: PretrainConfi
     if latents["std"] is not None:  # a trained AutoencoderKL's posterior sample
         mean = mean + latents["std"][indices] * torch.randn(mean.shape, generator=generator)
     sample = mean * latents["scaling"]
-    context = captions(batch_captions(indices, corpus, config, config.flip, generator))
+    context = captions(batch_captions(indices, corpus, config, generator))
     noise = torch.randn(sample.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.unet_batch_size,), generator=generator)
     noisy = scheduler.add_noise(sample, noise, timesteps)
