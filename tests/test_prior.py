@@ -27,7 +27,7 @@ from iddm.prior import (
 )
 from iddm.prior.cli import add_commands
 from iddm.prior.data import find_identities, is_excluded, load_corpus
-from iddm.prior.train import list_checkpoints
+from iddm.prior.train import list_checkpoints, min_snr_weights
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO / "data" / "faces"
@@ -299,7 +299,23 @@ def test_corrupt_file_is_skipped_and_listed_or_refused(corpus_dir, tmp_path, cap
     assert "1 photo(s)" in err and "3.pgm" in err and "corrupt" in err
 
 
+def test_min_snr_weights_clip_the_signal_to_noise_ratio_per_prediction_type():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    timesteps = torch.tensor([0, 50, 400, 999])
+    alpha_bar = scheduler.alphas_cumprod[timesteps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    assert snr[0] > 5 > snr[3]  # both sides of gamma are exercised
+    v = min_snr_weights(scheduler, timesteps, PretrainConfig(prediction_type="v_prediction", snr_gamma=5.0))
+    eps = min_snr_weights(scheduler, timesteps, PretrainConfig(prediction_type="epsilon", snr_gamma=5.0))
+    torch.testing.assert_close(v.double(), snr.clamp(max=5) / (snr + 1), rtol=1e-4, atol=0)
+    torch.testing.assert_close(eps.double(), snr.clamp(max=5) / snr, rtol=1e-4, atol=0)
+    assert torch.equal(min_snr_weights(scheduler, timesteps, PretrainConfig(snr_gamma=None)), torch.ones(4))
+
+
 def test_fp16_on_cpu_and_bad_architecture_are_clear_errors(corpus_dir, tmp_path, capsys):
+    assert "must be positive" in _pretrain_error(corpus_dir, tmp_path, capsys, "--snr_gamma", "0")
     assert "needs a CUDA GPU" in _pretrain_error(corpus_dir, tmp_path, capsys, "--mixed_precision", "fp16", "--cpu")
     err = _pretrain_error(corpus_dir, tmp_path, capsys, "--unet_attention_levels", "5")
     assert "out of range" in err

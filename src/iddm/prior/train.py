@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
 from safetensors.torch import load_file, save_file
 
 from iddm.checkpoints import list_checkpoints, resolve_checkpoint, write_checkpoint
@@ -103,10 +104,10 @@ def _check_config(config: PretrainConfig) -> Path:
         raise ValueError(f"--caption_dropout must be in [0, 1), got {config.caption_dropout}.")
     if not 0 <= config.label_dropout < 1:
         raise ValueError(f"--label_dropout must be in [0, 1), got {config.label_dropout}.")
+    if config.snr_gamma is not None and config.snr_gamma <= 0:
+        raise ValueError(f"--snr_gamma must be positive (or empty for plain MSE), got {config.snr_gamma}.")
     if config.held_out_cfp < 0:
         raise ValueError(f"--held_out_cfp must be at least 0, got {config.held_out_cfp}.")
-    if config.latent_normalization == "per_channel" and config.autoencoder != "taef2":
-        raise ValueError("--latent_normalization per_channel needs --autoencoder taef2.")
     if config.unet_steps < 1 or (config.autoencoder == "train" and config.vae_steps < 1):
         raise ValueError("--vae_steps and --unet_steps must be at least 1.")
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
@@ -397,7 +398,19 @@ def _unet_step(unet, latents, corpus, captions, scheduler, config: PretrainConfi
     with accelerator.autocast():
         prediction = unet(noisy.to(device), timesteps.to(device), context).sample
     target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(sample, noise, timesteps)
-    return F.mse_loss(prediction.float(), target.to(device))
+    loss = F.mse_loss(prediction.float(), target.to(device), reduction="none").mean(dim=(1, 2, 3))
+    return (loss * min_snr_weights(scheduler, timesteps, config).to(device)).mean()
 
 
-__all__ = ["PretrainResult", "list_checkpoints", "pretrain", "resolve_checkpoint"]
+def min_snr_weights(scheduler, timesteps: torch.Tensor, config: PretrainConfig) -> torch.Tensor:
+    """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023), shape ``(batch,)``: ``min(SNR, gamma)`` over
+    ``SNR`` (epsilon) or ``SNR + 1`` (v-prediction), so that the easy low-noise steps stop dominating; ones when
+    ``snr_gamma`` is unset."""
+    if config.snr_gamma is None:
+        return torch.ones(len(timesteps))
+    snr = compute_snr(scheduler, timesteps)
+    clipped = snr.clamp(max=config.snr_gamma)
+    return clipped / (snr + 1 if config.prediction_type == "v_prediction" else snr)
+
+
+__all__ = ["PretrainResult", "list_checkpoints", "min_snr_weights", "pretrain", "resolve_checkpoint"]
