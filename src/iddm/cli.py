@@ -61,8 +61,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_faces(args: argparse.Namespace) -> int:
     import json
 
+    from iddm.faces.mobilefacenet import use_model_path
     from iddm.faces.report import faces_report, format_faces_report
 
+    use_model_path(args.mobilefacenet)
     report = faces_report([Path(p) for p in args.photos], args.backends)
     print(json.dumps(report, indent=2) if args.json else format_faces_report(report))
     if not any(entry["face_found"] for entry in report["detections"]):
@@ -114,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("photos", nargs="+", help="Photo files.")
     faces.add_argument(
         "--backends", nargs="+", default=["sface", "facenet", "dlib"], help="Face recognition models to compare with."
+    )
+    faces.add_argument(
+        "--mobilefacenet", type=Path, help="MobileFaceNet.tflite (or its folder) for the 'mobilefacenet' backend."
     )
     faces.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
     faces.set_defaults(func=_cmd_faces)

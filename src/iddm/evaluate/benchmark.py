@@ -51,6 +51,7 @@ from iddm.evaluate.linkability import FaceSet, targeted_search
 from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend, privacy_utility_plot
 from iddm.evaluate.report import json_safe
 from iddm.evaluate.results import CellFailure, CellRecord, csv_row, to_json
+from iddm.faces.mobilefacenet import use_model_path
 from iddm.images import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class BenchmarkConfig:
     )
     surrogates: list[str] = field(["sface", "facenet"], help="FR surrogates of the optimizer (white-box systems).")
     backends: list[str] = field(DEFAULT_BACKENDS, help="FR systems of the attacker.")
+    mobilefacenet: Path | None = field(
+        None, help="MobileFaceNet.tflite (or its folder) for the 'mobilefacenet' backend (not shipped; see README)."
+    )
     num_images: int = field(8, help="Images generated per cell.", ge=1, le=100_000)
     prompts: list[str] = field(
         [],
@@ -310,6 +314,7 @@ def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], 
         if config.ray_address is not None:
             check_address(config.ray_address)  # before importing Ray, which takes seconds
         require_ray()
+    use_model_path(config.mobilefacenet)  # sets $IDDM_MOBILEFACENET, which local Ray workers inherit
     extra = load_yaml(config.personalize_config) if config.personalize_config else {}
     if RESERVED_OPTIONS & set(extra):
         raise ValueError(

@@ -34,6 +34,7 @@ from iddm.evaluate.results import EvaluateReport, Evaluation, PhotoSetSummary, R
 from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS
 from iddm.evaluate.utility import utility_metrics
 from iddm.faces import FaceRecognizer
+from iddm.faces.mobilefacenet import use_model_path
 from iddm.images import atomic_write_json, atomic_write_text, load_photo
 from iddm.run_layout import RunManifest
 
@@ -64,6 +65,9 @@ class EvaluateConfig:
         "adds the measured linkability to its model card.",
     )
     backends: list[str] = field(DEFAULT_BACKENDS, help="Face recognition systems of the attacker.")
+    mobilefacenet: Path | None = field(
+        None, help="MobileFaceNet.tflite (or its folder) for the 'mobilefacenet' backend (not shipped; see README)."
+    )
     robustness: bool = field(
         False, help="Also attack after JPEG 90/75/50, resize x0.5 and a blur of 1 and 2 px per 64 px of image side."
     )
@@ -275,6 +279,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
     from iddm.schedule.model_card import update_privacy_report
 
     run = run_summary(config.run_dir)  # a bad --run_dir fails before any work
+    use_model_path(config.mobilefacenet)
     reference_images, reference_paths, reference_skipped = load_images(config.reference, "reference")
     distractor_images, gallery_skipped = load_gallery_folder(config.gallery)
     output_dir = ensure_writable_dir(config.output_dir)

@@ -52,11 +52,18 @@ def _arcface(**kwargs) -> FaceRecognizer:
     return IResNetRecognizer(**kwargs)
 
 
+def _mobilefacenet(**kwargs) -> FaceRecognizer:
+    from iddm.faces.mobilefacenet import MobileFaceNet
+
+    return MobileFaceNet(**kwargs)
+
+
 RECOGNIZERS: dict[str, Callable[..., FaceRecognizer]] = {
     "sface": _sface,
     "facenet": _facenet,
     "dlib": _dlib,
     "arcface": _arcface,
+    "mobilefacenet": _mobilefacenet,
 }
 """Recognizer name -> factory taking the backend's keyword arguments (e.g. ``device=``)."""
 
@@ -66,12 +73,12 @@ BUILTIN_DECOYS: dict[str, Path] = {"iddm:composite": Path(__file__).with_name("d
 
 
 def load_recognizer(name: str, **kwargs) -> FaceRecognizer:
-    """Build a face recognizer by name (``sface``, ``facenet``, ``dlib``, ``arcface``).
+    """Build a face recognizer by name (``sface``, ``facenet``, ``dlib``, ``arcface``, ``mobilefacenet``).
 
     Args:
         name: registry name, case-insensitive.
         **kwargs: passed to the backend's constructor (e.g. ``device="cuda"``; ``arcface`` needs its
-            weights file).
+            weights file; ``mobilefacenet`` its ``model_path``, default ``$IDDM_MOBILEFACENET``).
 
     Raises:
         ValueError: unknown name (the message lists the known ones) or missing required arguments.
