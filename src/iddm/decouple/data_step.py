@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from iddm.decouple.identity import IdentityLoss, load_margins
+from iddm.decouple.memory import low_memory_data_step
 from iddm.decouple.objective import (
     OBJECTIVES,
     WARP_GRID,
@@ -131,7 +132,8 @@ class DataOptimizer:
         with torch.no_grad():
             conditioning = backbone.encode_prompts([prompt] * len(clean)).detach()
         inputs = ObjectiveInputs(clean, backbone, conditioning, self.identity, self.settings, generator)
-        logs = [self.step(inputs) for _ in range(steps)]
+        with low_memory_data_step(backbone, self.settings.data_step_checkpointing):
+            logs = [self.step(inputs) for _ in range(steps)]
         names = [r.name for r in self.identity.recognizers]
         with torch.no_grad():
             indices = torch.arange(len(clean), device=clean.device)
