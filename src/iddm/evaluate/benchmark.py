@@ -48,6 +48,7 @@ from iddm.evaluate.cells import (
 from iddm.evaluate.dataset import Identity, discover_dataset
 from iddm.evaluate.harness import default_probe_prompts, knows_one_prompt
 from iddm.evaluate.linkability import FaceSet, targeted_search
+from iddm.evaluate.purify import NO_PRETRAINED_BASE, default_purifiers, parse_purifiers, purify_cells
 from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend, privacy_utility_plot
 from iddm.evaluate.report import json_safe
 from iddm.evaluate.results import CellFailure, CellRecord, csv_row, to_json
@@ -111,6 +112,17 @@ class BenchmarkConfig:
     robustness: bool = field(
         False, help="Also attack after JPEG 90/75/50, resize x0.5 and a blur of 1 and 2 px per 64 px of image side."
     )
+    purify: bool = field(
+        False,
+        help="Also attack every cell after the attacker's purifiers (JPEG 30, blur, noisy upscaling, SDEdit with the "
+        "base model) and report the one that links best per cell (best-purifier columns).",
+    )
+    purifiers: list[str] | None = field(
+        None,
+        help="Purifiers as KIND:STRENGTH (jpeg:30, blur:2, noisy_upscale:0.5, sdedit:0.3); default: JPEG 30, blur "
+        "1/2/3, noisy upscaling x0.5/x0.25, and SDEdit 0.1/0.2/0.3/0.5 unless the base model is iddm:micro.",
+    )
+    purify_model: str | None = field(None, help="Base model SDEdit purifies with (default: --model).")
     clip_model: Path | None = field(None, help="Local folder of CLIP weights for the CLIP score (else null).")
     personalize_config: Path | None = field(
         None, help="YAML of further `iddm personalize` options for every run (e.g. round_steps, learning_rate)."
@@ -132,6 +144,14 @@ class BenchmarkConfig:
         problems = [] if self.levels else ["--levels needs at least one privacy level"]
         if not self.seeds:
             problems.append("--seeds needs at least one seed")
+        if self.purifiers is not None:
+            try:
+                parse_purifiers(self.purifiers)  # a strength out of range is refused before any work
+            except ValueError as err:
+                problems.append(str(err))
+        base = self.purify_model or self.model
+        if self.purify and any("sdedit" in p for p in self.purifiers or []) and base in NO_PRETRAINED_BASE:
+            problems.append(f"SDEdit purifiers need a pretrained base model; {base} has none (--purify_model)")
         return problems
 
     @property
@@ -375,6 +395,11 @@ def run_benchmark(config: BenchmarkConfig) -> list[CellRecord | CellFailure]:
             run_cells_sequentially(pending, identities, faces, plan)
     outcomes = collect(cells, output_dir)
     records = stalker_pools([o for o in outcomes if isinstance(o, CellRecord)], output_dir)
+    if config.purify:
+        base = config.purify_model or config.model
+        specs = config.purifiers if config.purifiers is not None else default_purifiers(base)
+        steps = config.num_inference_steps
+        records = purify_cells(records, identities, output_dir, config.backends, specs, base, None, steps)
     by_cell = {Cell.of(r): r for r in records}
     outcomes = [by_cell.get(Cell.of(o), o) for o in outcomes]
     write_results(outcomes, config, identities, settings, output_dir)

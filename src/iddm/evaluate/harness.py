@@ -29,6 +29,7 @@ from iddm.evaluate.attacker import (
     roles,
 )
 from iddm.evaluate.linkability import FaceSet, embed_groups, embed_images
+from iddm.evaluate.purify import PurifierFn, build_purifiers, default_purifiers, parse_purifiers, purification_attack
 from iddm.evaluate.render import evaluate_html, evaluate_markdown
 from iddm.evaluate.results import EvaluateReport, Evaluation, PhotoSetSummary, Role, RunSummary, to_json
 from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS
@@ -71,6 +72,19 @@ class EvaluateConfig:
     robustness: bool = field(
         False, help="Also attack after JPEG 90/75/50, resize x0.5 and a blur of 1 and 2 px per 64 px of image side."
     )
+    purify: bool = field(
+        False,
+        help="Also attack after each of the attacker's purifiers (JPEG 30, blur, noisy upscaling, SDEdit with the "
+        "base model) and report the one that links best.",
+    )
+    purifiers: list[str] | None = field(
+        None,
+        help="Purifiers as KIND:STRENGTH (jpeg:30, blur:2, noisy_upscale:0.5, sdedit:0.3); default: JPEG 30, blur "
+        "1/2/3, noisy upscaling x0.5/x0.25, and SDEdit 0.1/0.2/0.3/0.5 when the base model is known.",
+    )
+    purify_model: str | None = field(
+        None, help="Base model SDEdit purifies with (default: the base model of --model or --run_dir)."
+    )
     model: str | None = field(None, help="Generate the images first from this model (a run folder or SD folder).")
     lora: Path | None = field(None, help="LoRA folder loaded onto --model for generation.")
     prompt: list[str] | None = field(
@@ -90,6 +104,11 @@ class EvaluateConfig:
     def problems(self) -> list[str]:
         if (self.images is None) == (self.model is None):
             return ["give exactly one of --images (a folder of generated images) or --model (generate them)"]
+        if self.purifiers is not None:
+            try:
+                parse_purifiers(self.purifiers)  # a strength out of range is refused before any work
+            except ValueError as err:
+                return [str(err)]
         return []
 
 
@@ -105,6 +124,7 @@ def evaluate_images(
     prompts: Sequence[str] | None = None,
     clip_model: str | Path | None = None,
     vanilla_images: Sequence[np.ndarray] | None = None,
+    purifiers: Mapping[str, PurifierFn] | None = None,
 ) -> tuple[Evaluation, FaceSet]:
     """Every metric of the protocol for one set of generated images.
 
@@ -114,6 +134,7 @@ def evaluate_images(
         recognizers: registry key -> recognizer; ``roles_by_key``: their roles (:func:`iddm.evaluate.attacker.roles`).
         names: one name per image (default ``image_0000``, ...), to name images without a detected face.
         robustness: also attack after each of :data:`ROBUSTNESS_CONDITIONS`.
+        purifiers: also attack after each of these (:func:`iddm.evaluate.purify.build_purifiers`) and keep the best.
 
     Returns:
         The evaluation, and the probes as embedded (the benchmark keeps them for the stalker's cross-cell pool).
@@ -146,6 +167,15 @@ def evaluate_images(
             evaluation.robustness[condition] = linkability_by_backend(
                 degraded, reference, gallery, recognizers, roles_by_key
             )
+    if purifiers:
+        evaluation.purification = purification_attack(
+            images,
+            evaluation.backends,
+            purifiers,
+            lambda purified, name: linkability_by_backend(
+                embed_images(purified, rec, progress=f"attack: {name}"), reference, gallery, recognizers, roles_by_key
+            ),
+        )
     return evaluation, probes
 
 
@@ -220,6 +250,20 @@ def default_probe_prompts(model: str | Path, lora: Path | None) -> list[str]:
     return list(json.loads(info.read_text()).get("probe_prompts", DEFAULT_PROMPTS))
 
 
+def purify_base_model(config: EvaluateConfig) -> str | None:
+    """The base model SDEdit purifies with: ``--purify_model``, else the base of ``--model`` or of ``--run_dir``."""
+    from iddm.diffusion.generate import generation_source
+
+    if config.purify_model is not None:
+        return config.purify_model
+    if config.model is not None:
+        return generation_source(config.model, config.lora)[0]
+    if config.run_dir is not None:
+        base = RunManifest.load(config.run_dir).config.get("pretrained_model_name_or_path")
+        return str(base) if base else None
+    return None
+
+
 def run_summary(run_dir: str | Path | None) -> RunSummary | None:
     """What the evaluation needs to know about the run: folder, defense, privacy level, surrogates, steps."""
     if run_dir is None:
@@ -284,6 +328,11 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
     distractor_images, gallery_skipped = load_gallery_folder(config.gallery)
     output_dir = ensure_writable_dir(config.output_dir)
     recognizers = load_backends(config.backends)
+    purifiers = None
+    if config.purify:
+        base = purify_base_model(config)
+        specs = config.purifiers if config.purifiers is not None else default_purifiers(base)
+        purifiers = build_purifiers(specs, base, config.device, config.seed, config.num_inference_steps)
     images, images_dir, names, prompts = _probe_images(config, output_dir)
     vanilla = load_images(config.vanilla_images, "vanilla images")[0] if config.vanilla_images else None
 
@@ -295,7 +344,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
     reference, gallery = attacker_knowledge(reference_faces, distractors)
     evaluation, probes = evaluate_images(
         images, reference, gallery, recognizers, roles(config.run_dir, recognizers), names, config.robustness,
-        config.run_dir, prompts, config.clip_model, vanilla,
+        config.run_dir, prompts, config.clip_model, vanilla, purifiers,
     )  # fmt: skip
     if evaluation.utility.undetected_images:
         warnings.append(f"no face detected in {', '.join(evaluation.utility.undetected_images)}")
@@ -321,6 +370,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
         utility=evaluation.utility,
         robustness=evaluation.robustness,
         warnings=warnings,
+        purification=evaluation.purification,
     )
     atomic_write_json(output_dir / "metrics.json", to_json(report))
     atomic_write_text(output_dir / "report.md", evaluate_markdown(report))

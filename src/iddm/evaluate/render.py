@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from iddm.evaluate.results import (
     CellFailure,
     CellRecord,
     EvaluateReport,
+    Purification,
     cell_name,
 )
 from iddm.images import load_photo, make_grid
@@ -156,6 +158,48 @@ def robustness_table(
     return header, rows
 
 
+PURIFY_NOTE = (
+    "Each purifier is applied to every generation before the attack; PSNR/SSIM: purified vs unpurified "
+    "generations (what the purifier costs in image quality). Best purifier: per FR system, the one with the "
+    "highest R1-U (then match rate), 'none' when none beats the plain attack; an oracle choice over the sweep, "
+    "so an upper bound on an attacker who must pick one blind."
+)
+
+
+def purification_table(purification: Purification) -> tuple[list[str], list[list[str]]]:
+    """One row per purifier (its cost, then R1-U / match rate per FR system) and the best purifier's row."""
+    keys = list(purification.best)
+    header = ["purifier", "PSNR (dB) / SSIM"] + [f"{k} R1-U / match" for k in keys]
+    rows = [
+        [name, f"{fmt(purification.cost[name].psnr_db, 1)} / {fmt(purification.cost[name].ssim, 3)}"]
+        + [f"{fmt(by_key[k].rank1)} / {fmt(by_key[k].match_rate)}" for k in keys]
+        for name, by_key in purification.linkability.items()
+    ]
+    best = purification.best
+    rows.append(
+        ["best purifier", ""] + [f"{best[k].purifier}: {fmt(best[k].rank1)} / {fmt(best[k].match_rate)}" for k in keys]
+    )
+    return header, rows
+
+
+PURIFY_TITLE = "The purifying attacker: R1-U plain -> under the best purifier (match rate there), mean over identities"
+
+
+def best_purifier_table(means: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Per method and level (:func:`aggregate`): each FR system's R1-U plain and under the best purifier."""
+    header = ["method", "level"] + [f"{k} R1-U -> best (match) [purifier]" for k in keys]
+    rows = [
+        [m["method"], m["level"]]
+        + [
+            f"{fmt(m.get(f'{k}_r1u'))} -> {fmt(m.get(f'{k}_best_purifier_r1u'))} "
+            f"({fmt(m.get(f'{k}_best_purifier_match_rate'))}) [{m.get(f'{k}_best_purifier') or '–'}]"
+            for k in keys
+        ]
+        for m in means
+    ]
+    return header, rows
+
+
 def _evaluate_intro(report: EvaluateReport) -> list[str]:
     lines = []
     if report.run:
@@ -187,6 +231,10 @@ def evaluate_markdown(report: EvaluateReport) -> str:
     if report.robustness:
         lines.append("## Robustness (linkability after platform degradations)\n")
         lines.append(markdown_table(*robustness_table(report.robustness)))
+    if report.purification:
+        lines.append("## Purification (the attacker purifies before linking; best purifier)\n")
+        lines.append(markdown_table(*purification_table(report.purification)))
+        lines.append(PURIFY_NOTE + "\n")
     return "\n".join(lines)
 
 
@@ -213,6 +261,9 @@ def evaluate_html(report: EvaluateReport, images: Sequence[np.ndarray], referenc
     ]
     if report.robustness:
         body += ["<h2>Robustness</h2>", html_table(*robustness_table(report.robustness))]
+    if report.purification:
+        body += ["<h2>Purification (best purifier)</h2>", html_table(*purification_table(report.purification))]
+        body.append(f'<p class="note">{html.escape(PURIFY_NOTE)}</p>')
     return html_document("iddm evaluate", "\n".join(b for b in body if b))
 
 
@@ -263,6 +314,9 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 mean[column] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
             elif column.endswith("_flags"):
                 mean[column] = sum(bool(v) for v in values)
+            elif column.endswith("_best_purifier"):  # the purifier chosen most often, and how often
+                counts = Counter(v for v in values if v)
+                mean[column] = ", ".join(f"{name} x{n}" for name, n in counts.most_common(2)) or None
             elif column not in _LABEL_COLUMNS:
                 per_identity = [[r.get(column) for r in cells] for cells in by_identity.values()]
                 mean[column] = _mean([_mean(v) for v in per_identity])
@@ -365,6 +419,8 @@ def benchmark_markdown(
         md += [f"- {f.identity} {cell_name(f)}: {f.error} (log: {f.log})" for f in failures] + [""]
     means = aggregate(rows)
     md += [f"## {MEAN_TITLE}", "", markdown_table(*benchmark_table(means, keys, False))]
+    if any(f"{k}_best_purifier" in m for m in means for k in keys):
+        md += [f"## {PURIFY_TITLE}", "", markdown_table(*best_purifier_table(means, keys)), "", PURIFY_NOTE, ""]
     header, spread = seed_spread_table(means, keys)
     if spread:
         md += [f"## {SEED_SPREAD_TITLE}", "", markdown_table(header, spread)]
@@ -465,6 +521,8 @@ def benchmark_html(
     body.append(html_image(_png_array(plot), "privacy-utility curve", min_width=1000, max_side=1100))
     means = aggregate(rows)
     body += [f"<h2>{html.escape(MEAN_TITLE)}</h2>", html_table(*benchmark_table(means, keys, False))]
+    if any(f"{k}_best_purifier" in m for m in means for k in keys):
+        body += [f"<h2>{html.escape(PURIFY_TITLE)}</h2>", html_table(*best_purifier_table(means, keys))]
     header, spread = seed_spread_table(means, keys)
     if spread:
         body += [f"<h2>{html.escape(SEED_SPREAD_TITLE)}</h2>", html_table(header, spread)]

@@ -111,12 +111,45 @@ class Utility:
 
 
 @dataclass
+class PurifierCost:
+    """What a purifier costs in image quality: mean PSNR (dB, capped at 100) and SSIM of purified vs unpurified."""
+
+    psnr_db: float | None = None
+    ssim: float | None = None
+
+
+@dataclass
+class BestPurifier:
+    """The purifier that links best for one FR system (``none``: no purifier beat the plain attack), its
+    metrics and its cost (``None`` for ``none``)."""
+
+    purifier: str
+    rank1: float | None = None
+    chance_rank1: float | None = None
+    match_rate: float | None = None
+    user_z: float | None = None
+    psnr_db: float | None = None
+    ssim: float | None = None
+
+
+@dataclass
+class Purification:
+    """The purifying attacker (:mod:`iddm.evaluate.purify`): metrics after each purifier, each purifier's cost,
+    and per FR system the purifier that links best (an oracle choice over the sweep: an upper bound)."""
+
+    linkability: dict[str, dict[str, BackendLinkability]]
+    cost: dict[str, PurifierCost]
+    best: dict[str, BestPurifier]
+
+
+@dataclass
 class Evaluation:
     """The attack on one set of generated images: per FR system, utility, and robustness per degradation."""
 
     backends: dict[str, BackendLinkability]
     utility: Utility
     robustness: dict[str, dict[str, BackendLinkability]] | None = None
+    purification: Purification | None = None
 
 
 @dataclass
@@ -156,6 +189,7 @@ class EvaluateReport:
     utility: Utility
     robustness: dict[str, dict[str, BackendLinkability]] | None
     warnings: list[str] = field(default_factory=list)
+    purification: Purification | None = None
 
     def privacy_report(self) -> dict[str, Any]:
         """The dict :func:`iddm.schedule.model_card.update_privacy_report` publishes (no paths, no photos)."""
@@ -200,6 +234,7 @@ class CellRecord:
     utility: Utility
     robustness: dict[str, dict[str, BackendLinkability]] | None = None
     seed: int = 0
+    purification: Purification | None = None
 
 
 @dataclass
@@ -341,4 +376,12 @@ def csv_row(record: CellRecord | CellFailure) -> dict[str, Any]:
             row[f"{key}_r1u_{condition}"] = m.rank1
             row[f"{key}_ism_{condition}"] = m.ism
             row[f"{key}_match_rate_{condition}"] = m.match_rate
+    if record.purification is not None:
+        for key, best in record.purification.best.items():
+            row[f"{key}_best_purifier"] = best.purifier
+            row[f"{key}_best_purifier_r1u"] = best.rank1
+            row[f"{key}_best_purifier_match_rate"] = best.match_rate
+        for name, cost in record.purification.cost.items():
+            row[f"purify_{name}_psnr_db"] = cost.psnr_db
+            row[f"purify_{name}_ssim"] = cost.ssim
     return json_safe(row)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-__all__ = ["ROBUSTNESS_CONDITIONS", "clean", "gaussian_blur", "jpeg", "relative_blur", "resize"]
+__all__ = ["ROBUSTNESS_CONDITIONS", "clean", "gaussian_blur", "jpeg", "noisy_upscale", "relative_blur", "resize"]
 
 
 def _check(image: np.ndarray) -> np.ndarray:
@@ -92,6 +92,32 @@ def relative_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     8x the blur of a 64-px one): blurring wipes out fine adversarial texture, and an attacker scales it to the image.
     """
     return gaussian_blur(image, sigma * min(image.shape[:2]) / 64)
+
+
+def noisy_upscale(image: np.ndarray, scale: float, noise_std: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Noisy upscaling, a purification (Hönig et al., ICLR 2025): down-scale, add Gaussian noise, up-scale back.
+
+    The noise drowns the fine texture a perturbation lives in and the bicubic up-scaling smooths it away (their
+    attacker up-scales with a super-resolution diffusion model; :mod:`iddm.evaluate.purify` has the generative
+    counterpart). Down- and up-scaling use PIL's bicubic filter as :func:`resize`.
+
+    Args:
+        image: RGB ``uint8`` ``(H, W, 3)``.
+        scale: down-scaling factor in ``(0, 1]``.
+        noise_std: standard deviation of the noise in ``[0, 1]`` pixel units, ``>= 0`` (0.05 as Hönig et al.).
+        seed: the noise's seed (the same image and seed give the same output).
+    """
+    array = _check(image)
+    if not 0 < scale <= 1:
+        raise ValueError(f"noisy upscaling scale must lie in (0, 1], got {scale}.")
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+    height, width = array.shape[:2]
+    small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(array).resize(small_size, Image.Resampling.BICUBIC), dtype=np.float64)
+    noise = np.random.default_rng(seed).normal(0.0, noise_std * 255.0, small.shape)
+    noisy = np.clip(np.round(small + noise), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(noisy).resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8).copy()
 
 
 ROBUSTNESS_CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
