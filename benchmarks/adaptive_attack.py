@@ -14,13 +14,45 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
-from iddm.evaluate.adaptive import HeadConfig, load_benchmark, markdown_table, run_adaptive_attack, summarize
+from iddm.evaluate.adaptive import HeadConfig, load_benchmark, run_adaptive_attack, summarize
 from iddm.evaluate.report import json_safe
 from iddm.images import atomic_write_json, atomic_write_text
 
 NAME = "adaptive_attack"
+
+
+def _cell(spread: dict[str, float | None]) -> str:
+    if spread["mean"] is None:
+        return "–"
+    return f"{spread['mean']:.2f}±{spread['std']:.2f} [{spread['min']:.2f}–{spread['max']:.2f}]"
+
+
+def _kept(folds: Sequence[dict]) -> str:
+    counts = Counter(str(f["head"]) for f in folds)
+    return ", ".join(f"{kind} ×{n}" for kind, n in sorted(counts.items()))
+
+
+def markdown_table(result: dict) -> str:
+    """The adaptive vs plain attacker per FR system, method and level (mean±std [min–max] across identities)."""
+    lines = [
+        "| FR | role | method-level | identities | chance | plain R1-U | adaptive R1-U | benchmark R1-U "
+        "| plain match | adaptive match | heads kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group in result["groups"]:
+        s = group["summary"]["across_identities"]
+        chance = f"{group['chance_rank1']:.2f}" if group["chance_rank1"] else "–"
+        lines.append(
+            f"| {group['backend']} | {group['role']} | {group['method']}-{group['level']} | "
+            f"{group['summary']['num_evaluated']} | {chance} | {_cell(s['plain_rank1'])} | "
+            f"{_cell(s['adaptive_rank1'])} | {_cell(s['benchmark_rank1'])} | {_cell(s['plain_match'])} | "
+            f"{_cell(s['adaptive_match'])} | {_kept(group['folds'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,8 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Always use --head (default: keep plain, align or --head by leave-one-identity-out on training ids).",
     )
+    parser.add_argument("--ridge", type=float, default=1.0, help="Ridge penalty of the linear head (closed form).")
     parser.add_argument("--hidden", type=int, default=256, help="Hidden width of the mlp head.")
-    parser.add_argument("--steps", type=int, default=300, help="Full-batch AdamW steps per head.")
+    parser.add_argument("--steps", type=int, default=300, help="Full-batch AdamW steps per mlp head.")
     parser.add_argument("--learning_rate", type=float, default=1e-2, help="AdamW learning rate.")
     parser.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay.")
     parser.add_argument(
@@ -57,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         config = HeadConfig(
             kind=args.head,
             select=not args.no_select,
+            ridge=args.ridge,
             hidden=args.hidden,
             steps=args.steps,
             learning_rate=args.learning_rate,
@@ -78,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / f"{NAME}.json", json_safe(result))
     selected = ", kept per fold by leave-one-identity-out among plain, align and it" if config.select else ""
     notes = (
-        f"Adaptive attacker ({config.kind} head{selected}, {config.steps} steps, contrastive weight "
-        f"{config.contrastive_weight:g}, seed {config.seed}) over {args.folds} identity-disjoint folds of "
-        f"{args.benchmark_dir}. Each cell: mean±std [min–max] across the evaluated identities (each averaged over "
-        "its seeds). Plain and adaptive R1-U use the same gallery (every user's reference photos); benchmark R1-U "
-        "is the benchmark's own (its gallery adds distractors).\n\n"
+        f"Adaptive attacker ({config.kind} head{selected}; ridge {config.ridge:g}, mlp: {config.steps} steps, "
+        f"contrastive weight {config.contrastive_weight:g}; seed {config.seed}) over {args.folds} identity-disjoint "
+        f"folds of {args.benchmark_dir}. Each cell: mean±std [min–max] across the evaluated identities (each "
+        "averaged over its seeds). Plain and adaptive R1-U use the same gallery (every user's reference photos); "
+        "benchmark R1-U is the benchmark's own (its gallery adds distractors).\n\n"
     )
     atomic_write_text(out / f"{NAME}.md", f"# Adaptive attacker\n\n{notes}{table}")
     print(table, end="")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +72,9 @@ class HeadConfig:
 
     Attributes:
         kind: ``align`` (mean and spread of the generations' embeddings aligned with the real photos'), ``linear``
-            (alignment, then a residual ``D x D`` map + bias) or ``mlp`` (alignment, then a residual
-            ``D -> hidden -> D`` ReLU MLP).
+            (alignment, then a residual ``D x D`` map + bias fitted in closed form: least squares to the templates
+            with a ``ridge`` penalty) or ``mlp`` (alignment, then a residual ``D -> hidden -> D`` ReLU MLP trained
+            for ``steps`` of AdamW on the cosine loss).
         select: pick among the plain attacker, ``align`` and ``kind`` by leave-one-identity-out over the *training*
             identities (needs 3 of them; else ``kind`` is used).
         contrastive_weight: weight of the cross-entropy over training-identity templates (0: cosine loss only).
@@ -82,6 +83,7 @@ class HeadConfig:
 
     kind: HeadKind = "linear"
     select: bool = True
+    ridge: float = 1.0
     hidden: int = 256
     steps: int = 300
     learning_rate: float = 1e-2
@@ -93,8 +95,15 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("align", "linear", "mlp"):
             raise ValueError(f"head kind must be 'align', 'linear' or 'mlp', got {self.kind!r}.")
-        if self.steps < 0 or self.hidden < 1 or self.learning_rate <= 0 or self.contrastive_weight < 0:
-            raise ValueError("head steps >= 0, hidden >= 1, learning rate > 0 and contrastive weight >= 0 are needed.")
+        if (
+            self.steps < 0
+            or self.hidden < 1
+            or self.learning_rate <= 0
+            or min(self.contrastive_weight, self.ridge) < 0
+        ):
+            raise ValueError(
+                "head steps, ridge, contrastive weight >= 0, hidden >= 1 and learning rate > 0 are needed."
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -267,6 +276,9 @@ def train_head(
     head.scale.fill_(scale)
     if head.residual is None:
         return head.eval()
+    if kind == "linear":
+        _fit_ridge(head, probes, templates[targets], config.ridge)
+        return head.eval()
     x = torch.as_tensor(probes, dtype=torch.float32)
     y = torch.as_tensor(targets, dtype=torch.long)
     t = torch.as_tensor(templates, dtype=torch.float32)
@@ -282,6 +294,20 @@ def train_head(
         loss.backward()
         optimizer.step()
     return head.eval()
+
+
+def _fit_ridge(head: AdaptiveHead, probes: np.ndarray, targets: np.ndarray, ridge: float) -> None:
+    """Set the linear residual ``W, b`` of ``head`` to ``argmin ||z + W z + b - t||^2 + ridge ||W||^2`` (``z``: aligned
+    ``(N, D)`` probes, ``t``: their ``(N, D)`` templates)."""
+    with torch.no_grad():
+        z = head.scale * (torch.as_tensor(probes, dtype=torch.float64) - head.gen_mean) + head.real_mean
+    z = z.numpy()
+    residual = targets.astype(np.float64) - z
+    z_mean, r_mean = z.mean(axis=0), residual.mean(axis=0)
+    zc = z - z_mean
+    weight_t = np.linalg.solve(zc.T @ zc + max(ridge, 1e-8) * np.eye(z.shape[1]), zc.T @ (residual - r_mean))
+    head.residual.weight.data.copy_(torch.as_tensor(weight_t.T))
+    head.residual.bias.data.copy_(torch.as_tensor(r_mean - z_mean @ weight_t))
 
 
 def apply_head(head: AdaptiveHead | None, probes: np.ndarray) -> np.ndarray:
@@ -486,33 +512,3 @@ def summarize(group: dict) -> dict:
     }
     summary = {name: _spread([m[name] for m in means.values()]) for name in METRICS}
     return {"per_identity": means, "across_identities": summary, "num_evaluated": len(means)}
-
-
-def _cell(spread: dict[str, float | None]) -> str:
-    if spread["mean"] is None:
-        return "–"
-    return f"{spread['mean']:.2f}±{spread['std']:.2f} [{spread['min']:.2f}–{spread['max']:.2f}]"
-
-
-def _kept(folds: Sequence[dict]) -> str:
-    counts = Counter(str(f["head"]) for f in folds)
-    return ", ".join(f"{kind} ×{n}" for kind, n in sorted(counts.items()))
-
-
-def markdown_table(result: dict) -> str:
-    """The adaptive vs plain attacker per FR system, method and level (mean±std [min–max] across identities)."""
-    lines = [
-        "| FR | role | method-level | identities | chance | plain R1-U | adaptive R1-U | benchmark R1-U "
-        "| plain match | adaptive match | heads kept |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for group in result["groups"]:
-        s = group["summary"]["across_identities"]
-        chance = f"{group['chance_rank1']:.2f}" if group["chance_rank1"] else "–"
-        lines.append(
-            f"| {group['backend']} | {group['role']} | {group['method']}-{group['level']} | "
-            f"{group['summary']['num_evaluated']} | {chance} | {_cell(s['plain_rank1'])} | "
-            f"{_cell(s['adaptive_rank1'])} | {_cell(s['benchmark_rank1'])} | {_cell(s['plain_match'])} | "
-            f"{_cell(s['adaptive_match'])} | {_kept(group['folds'])} |"
-        )
-    return "\n".join(lines) + "\n"
