@@ -2,7 +2,7 @@
 
 Every failure a user can cause prints one line, ``iddm COMMAND: error: ...``, and exits with 2 (bad
 input) or 1 (anything else); ``-v`` shows the traceback of the latter. Ctrl-C exits with 130 and says
-how to resume.
+how to resume; CUDA running out of memory names the flags that lower it.
 """
 
 from __future__ import annotations
@@ -137,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, ImportError)
 
+GPU_MEMORY_FLAGS = {
+    "personalize": "--gradient_checkpointing, --mixed_precision fp16 (bf16 on Ampere or newer GPUs), "
+    "--train_batch_size 1 (or a lower --resolution)",
+    "generate": "a lower --resolution",
+}
+"""Per command, the flags that lower its GPU memory, named when CUDA runs out of it."""
+
+
+def _is_gpu_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError)
+
+
+def gpu_out_of_memory_message(command: str) -> str:
+    """The one line for a CUDA out-of-memory error in ``command``: which flags lower the memory it needs."""
+    flags = GPU_MEMORY_FLAGS.get(command, "a lower --resolution or fewer images at once")
+    return f"CUDA out of memory; lower the GPU memory needed with {flags} (README: GPU memory)"
+
 
 def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
@@ -164,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.verbose:
             raise
+        if _is_gpu_out_of_memory(err):
+            print_error(args.command, gpu_out_of_memory_message(args.command))
+            return 1
         print_error(args.command, f"{type(err).__name__}: {err} (run with -v for the traceback)")
         return 1
 
