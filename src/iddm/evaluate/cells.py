@@ -229,19 +229,32 @@ def _load_generations(folder: Path) -> list[np.ndarray] | None:
 
 
 def with_ssim_to_vanilla(record: CellRecord, output_dir: Path) -> CellRecord:
-    """``record`` with SSIM→vanilla filled in when its cell finished before the identity's vanilla cell did.
+    """``record`` with SSIM→vanilla (and ``utility.face``'s vanilla comparison) filled in when its cell finished
+    before the identity's vanilla cell did.
 
     Cells run in parallel in any order (longest first on Ray), so the vanilla generations may not have existed
     when the cell was evaluated; they do once every cell is done.
     """
-    if record.method == "vanilla" or record.utility.ssim_to_vanilla is not None:
+    face = record.utility.face
+    needs_face = face is not None and face.vanilla is None
+    if record.method == "vanilla" or (record.utility.ssim_to_vanilla is not None and not needs_face):
         return record
-    vanilla = _load_generations(Cell.of(record).vanilla.folder(output_dir) / "images")
+    vanilla_folder = Cell.of(record).vanilla.folder(output_dir)
+    vanilla = _load_generations(vanilla_folder / "images")
     images = _load_generations(Path(output_dir) / record.images_dir)  # relative to the benchmark's folder
     if vanilla is None or images is None:
         return record
-    value, note = ssim_to_vanilla(images, vanilla)
-    utility = replace(record.utility, ssim_to_vanilla=value, ssim_to_vanilla_note=note)
+    utility = record.utility
+    if utility.ssim_to_vanilla is None:
+        value, note = ssim_to_vanilla(images, vanilla)
+        utility = replace(utility, ssim_to_vanilla=value, ssim_to_vanilla_note=note)
+    if needs_face and (vanilla_folder / CELL_FILE).is_file():
+        from iddm.evaluate.face_utility import realism_to_vanilla
+
+        frechet, kid, notes = realism_to_vanilla(images, vanilla)
+        base = load_cell(vanilla_folder).utility.face
+        face = replace(face, vanilla=base, frechet_to_vanilla=frechet, kid_to_vanilla=kid, notes=face.notes + notes)
+        utility = replace(utility, face=face)
     return replace(record, utility=utility)
 
 

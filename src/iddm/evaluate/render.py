@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from iddm.evaluate.face_report import FACE_TITLE, face_rows, face_table
 from iddm.evaluate.report import fmt, html_document, html_image, html_table, markdown_table
 from iddm.evaluate.results import (
     SIGNIFICANCE_SE,
@@ -142,6 +143,7 @@ def utility_rows(report: EvaluateReport) -> list[list[str]]:
         ["L∞ of δ (0..255)", fmt(pert.linf_255), ""],
         ["CLIP score", fmt(utility.clip_score, 1), utility.clip_note or ""],
         ["SSIM to vanilla generations", fmt(utility.ssim_to_vanilla, 3), utility.ssim_to_vanilla_note or ""],
+        *face_rows(utility.face),
     ]
 
 
@@ -419,6 +421,7 @@ def benchmark_markdown(
         md += [f"- {f.identity} {cell_name(f)}: {f.error} (log: {f.log})" for f in failures] + [""]
     means = aggregate(rows)
     md += [f"## {MEAN_TITLE}", "", markdown_table(*benchmark_table(means, keys, False))]
+    md += [f"## {FACE_TITLE}", "", markdown_table(*face_table(means, False))]
     if any(f"{k}_best_purifier" in m for m in means for k in keys):
         md += [f"## {PURIFY_TITLE}", "", markdown_table(*best_purifier_table(means, keys)), "", PURIFY_NOTE, ""]
     header, spread = seed_spread_table(means, keys)
@@ -521,6 +524,7 @@ def benchmark_html(
     body.append(html_image(_png_array(plot), "privacy-utility curve", min_width=1000, max_side=1100))
     means = aggregate(rows)
     body += [f"<h2>{html.escape(MEAN_TITLE)}</h2>", html_table(*benchmark_table(means, keys, False))]
+    body += [f"<h2>{html.escape(FACE_TITLE)}</h2>", html_table(*face_table(rows, True))]
     if any(f"{k}_best_purifier" in m for m in means for k in keys):
         body += [f"<h2>{html.escape(PURIFY_TITLE)}</h2>", html_table(*best_purifier_table(means, keys))]
     header, spread = seed_spread_table(means, keys)

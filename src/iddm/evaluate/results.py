@@ -93,6 +93,53 @@ class PerturbationQuality:
 
 
 @dataclass
+class FaceUtility:
+    """Whether the avatars stay good faces of one consistent person (docs/evaluation.md, ``utility.face``).
+
+    ``serfiq``: mean SER-FIQ (SFace with dropout; higher is better). ``consistency``: mean pairwise SFace cosine
+    among the avatars. ``attributes_photos``: the user's photos' majority gender, age band and ethnicity (the
+    UTKFace attribute model); ``attribute_agreement``: per attribute, the fraction of avatars that share it.
+    ``colour_photos`` / ``colour_avatars``: the fraction in colour. ``shape_distance``: the avatars' mean
+    landmark-shape distance to the mean real face (1.0 = a typical real face). ``landmark_displacement``:
+    decoupled vs clean training crops, px per 64 px. ``frechet_to_vanilla`` / ``kid_to_vanilla``: TAEF2-feature
+    distances to the vanilla model's generations (``None`` when too few). ``vanilla``: the same measures of the
+    vanilla generations, to read this one relative to them. Every undefined value is ``None``, never 0.
+    """
+
+    num_faces: int
+    serfiq: float | None = None
+    consistency: float | None = None
+    attributes_photos: dict[str, str] = field(default_factory=dict)
+    attribute_agreement: dict[str, float] = field(default_factory=dict)
+    colour_photos: float | None = None
+    colour_avatars: float | None = None
+    shape_distance: float | None = None
+    landmark_displacement: float | None = None
+    landmark_pairs: int = 0
+    frechet_to_vanilla: float | None = None
+    kid_to_vanilla: float | None = None
+    vanilla: FaceUtility | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def agreement_mean(self) -> float | None:
+        values = list(self.attribute_agreement.values())
+        return sum(values) / len(values) if values else None
+
+    def relative(self) -> dict[str, float | None]:
+        """This cell's SER-FIQ, consistency, attribute agreement, colour and shape distance over vanilla's."""
+        base = self.vanilla
+        pairs = {
+            "serfiq": (self.serfiq, base and base.serfiq),
+            "consistency": (self.consistency, base and base.consistency),
+            "attribute_agreement": (self.agreement_mean, base and base.agreement_mean),
+            "colour": (self.colour_avatars, base and base.colour_avatars),
+            "shape_distance": (self.shape_distance, base and base.shape_distance),
+        }
+        return {k: (a / b if a is not None and b else None) for k, (a, b) in pairs.items()}
+
+
+@dataclass
 class Utility:
     """What the defense costs: face detection, quality, imperceptibility, prompt fidelity, change vs vanilla."""
 
@@ -108,6 +155,7 @@ class Utility:
     clip_note: str | None
     ssim_to_vanilla: float | None
     ssim_to_vanilla_note: str | None
+    face: FaceUtility | None = None
 
 
 @dataclass
@@ -340,6 +388,26 @@ def backend_columns(key: str, m: BackendLinkability) -> dict[str, Any]:
     return row
 
 
+def face_columns(face: FaceUtility | None) -> dict[str, Any]:
+    """The ``face_*`` columns of ``utility.face`` (``*_rel``: over the vanilla cell's value; docs/evaluation.md)."""
+    if face is None:
+        return {}
+    row: dict[str, Any] = {
+        "face_serfiq": face.serfiq,
+        "face_consistency": face.consistency,
+        "face_attribute_agreement": face.agreement_mean,
+        **{f"face_agreement_{name}": value for name, value in face.attribute_agreement.items()},
+        "face_colour_photos": face.colour_photos,
+        "face_colour_avatars": face.colour_avatars,
+        "face_shape_distance": face.shape_distance,
+        "face_landmark_displacement": face.landmark_displacement,
+        "face_frechet_to_vanilla": face.frechet_to_vanilla,
+        "face_kid_to_vanilla": face.kid_to_vanilla,
+    }
+    row.update({f"face_{name}_rel": value for name, value in face.relative().items()})
+    return row
+
+
 def csv_row(record: CellRecord | CellFailure) -> dict[str, Any]:
     """One ``results.csv`` row; a failed cell has its ``status``, ``error`` and identifying columns only."""
     row: dict[str, Any] = {
@@ -367,6 +435,7 @@ def csv_row(record: CellRecord | CellFailure) -> dict[str, Any]:
             "ssim_to_vanilla": utility.ssim_to_vanilla,
             "clip_score": utility.clip_score,
             "wall_s": record.wall_s.total,
+            **face_columns(utility.face),
         }
     )
     for key, m in record.backends.items():

@@ -1,5 +1,6 @@
 """What a defense costs: face detection, BRISQUE, imperceptibility of the training perturbation (PSNR/SSIM via
-:mod:`iddm.fidelity`), CLIP score, and SSIM to the vanilla model's generations (docs/evaluation.md, ``utility``)."""
+:mod:`iddm.fidelity`), CLIP score, SSIM to the vanilla model's generations, and whether the avatars stay good faces
+of one person (:mod:`iddm.evaluate.face_utility`) (docs/evaluation.md, ``utility``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from iddm.evaluate import quality
+from iddm.evaluate.face_utility import face_utility
 from iddm.evaluate.linkability import FaceSet
 from iddm.evaluate.results import PerturbationQuality, Utility
 from iddm.fidelity import mean_psnr_ssim, ssim
@@ -139,6 +141,8 @@ def utility_metrics(
     else:
         clip, clip_note = clip_score(images, prompts, clip_model), None
     to_vanilla, to_vanilla_note = ssim_to_vanilla(images, vanilla_images)
+    pairs = perturbation_pairs(run_dir)[0] if run_dir is not None else []
+    face = face_utility(images, run_dir, vanilla_images, pairs)
     detection = probes.detection_rate
     return Utility(
         num_images=len(images),
@@ -155,4 +159,5 @@ def utility_metrics(
         clip_note=clip_note,
         ssim_to_vanilla=to_vanilla,
         ssim_to_vanilla_note=to_vanilla_note,
+        face=face,
     )

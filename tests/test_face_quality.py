@@ -1,0 +1,192 @@
+"""Utility a person would see: SER-FIQ, consistency, realism (Fréchet, KID), attributes, colour and face geometry.
+
+Real face photos of ``tests/fixtures/photos``; the shipped attribute model and face-shape statistics.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from iddm.evaluate import attributes, face_quality, geometry
+from iddm.evaluate.face_utility import face_utility
+from iddm.evaluate.quality import frechet_distance
+from iddm.evaluate.results import CellRecord, FaceUtility, csv_row, from_json, to_json
+from iddm.faces import detect_faces
+from iddm.images import load_photo
+
+PHOTOS = sorted((Path(__file__).parent / "fixtures" / "photos").glob("*.jpg"))
+FEMALE = {"ardern"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    images = [load_photo(p) for p in PHOTOS]
+    return images, [detect_faces(image)[0] for image in images]
+
+
+def _degrade(image: np.ndarray, face, seed: int = 0) -> np.ndarray:
+    """Blur (sigma 4 px at the 112-px scale of the face) and N(0, 25) noise."""
+    blurred = cv2.GaussianBlur(image, (0, 0), face.size / 112 * 4)
+    noise = np.random.default_rng(seed).normal(0, 25, image.shape)
+    return np.clip(blurred + noise, 0, 255).astype(np.uint8)
+
+
+def _portrait(image: np.ndarray, face, side: int = 128) -> np.ndarray:
+    """A square crop around the face, resized to ``side`` px (a generated avatar's framing)."""
+    x, y, w, h = face.box
+    half = int(max(w, h))
+    cx, cy = int(x + w / 2), int(y + h / 2)
+    padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_REFLECT)
+    crop = padded[cy : cy + 2 * half, cx : cx + 2 * half]
+    return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def test_serfiq_ranks_clean_faces_above_blurred_noisy_copies(photos):
+    images, faces = photos
+    clean = face_quality.serfiq_scores(images, faces)
+    degraded = face_quality.serfiq_scores([_degrade(i, f) for i, f in zip(images, faces)], faces)
+    assert all(0 < s <= 1 for s in clean + degraded)
+    assert sum(c > d for c, d in zip(clean, degraded)) == len(images)
+    assert np.mean(clean) - np.mean(degraded) > 0.02
+    assert face_quality.serfiq_scores(images[:1], [None]) == [None]
+    assert face_quality.serfiq_scores(images[:1], faces[:1]) == clean[:1]  # seeded
+
+
+def test_consistency_is_higher_among_one_persons_photos_than_across_people(photos):
+    from iddm.evaluate.face_utility import sface_consistency
+
+    images, faces = photos
+    obama = [i for i, p in enumerate(PHOTOS) if p.stem.startswith("obama")]
+    mixed = [i for i, p in enumerate(PHOTOS) if p.stem.split("_")[0] in {"obama", "biden", "sunak", "macron"}][:4]
+    same = sface_consistency([images[i] for i in obama], [faces[i] for i in obama])
+    different = sface_consistency([images[i] for i in mixed], [faces[i] for i in mixed])
+    assert same > different + 0.2
+    assert face_quality.consistency(np.ones((1, 4))) is None
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 16)), rng.normal(size=(200, 16))
+    same = face_quality.kernel_inception_distance(a, b, subsets=20, subset_size=100)
+    shifted = face_quality.kernel_inception_distance(a, b + 1.0, subsets=20, subset_size=100)
+    assert abs(same) < 0.05 < shifted
+    with pytest.warns(UserWarning, match="KID undefined"):
+        assert face_quality.kernel_inception_distance(a[:3], b) is None
+    with pytest.warns(UserWarning, match="Fréchet distance undefined"):
+        assert frechet_distance(a[:9], b) is None
+
+
+def test_taef2_realism_features_tell_degraded_photos_from_clean_ones(photos):
+    images, faces = photos
+    clean = face_quality.realism_features(images)
+    assert clean.shape == (len(images), 64) and np.isfinite(clean).all()
+    degraded = face_quality.realism_features([_degrade(i, f, seed=1) for i, f in zip(images, faces)])
+    split = face_quality.kernel_inception_distance(clean[::2], clean[1::2], min_samples=4)
+    shifted = face_quality.kernel_inception_distance(clean[::2], degraded[1::2], min_samples=4)
+    assert shifted > split
+
+
+def test_attribute_model_reads_gender_of_the_test_photos_and_ships_its_held_out_accuracy(photos):
+    images, faces = photos
+    predicted = attributes.predict_faces(images, faces)
+    truth = np.array([1 if p.stem.split("_")[0] in FEMALE else 0 for p in PHOTOS])
+    assert np.mean(predicted["gender"] == truth) >= 0.8
+    accuracy = attributes.held_out_accuracy()["held_out"]
+    for name in attributes.HEADS:
+        assert accuracy[name]["accuracy"] > accuracy[name]["majority_class_rate"]
+    grey = np.repeat(images[0].mean(2, keepdims=True), 3, axis=2).astype(np.uint8)
+    assert attributes.is_colour(images[0]) and not attributes.is_colour(grey)
+
+
+def test_attribute_agreement_is_one_for_the_same_faces_and_undefined_without_faces(photos):
+    images, faces = photos
+    predicted = attributes.predict_faces(images[:1], faces[:1])
+    assert set(attributes.attribute_agreement(predicted, predicted).agreement.values()) == {1.0}
+    everyone = attributes.predict_faces(images, faces)
+    assert attributes.attribute_agreement(everyone, everyone).photos["gender"] == "male"  # 8 of the 10 photos
+    assert attributes.attribute_agreement(predicted, attributes.predict_faces([], [])) is None
+
+
+def test_face_shape_distance_grows_when_the_mouth_is_pulled_out_of_shape(photos):
+    images, faces = photos
+    real = geometry.shape_distances(faces)
+    assert 0.2 < np.median(real) < 2.5
+    warped = []
+    for face in faces:
+        landmarks = face.landmarks.copy()
+        eye_distance = np.linalg.norm(landmarks[1] - landmarks[0])
+        landmarks[3:, 1] += 0.25 * eye_distance  # the mouth a quarter of the eye distance lower
+        warped.append(type(face)(box=face.box, landmarks=landmarks, score=face.score))
+    moved = geometry.shape_distances(warped)
+    assert np.mean(moved > real) >= 0.8 and moved.mean() > real.mean() + 0.3
+
+
+def test_landmark_displacement_is_zero_for_the_same_photo_and_measures_a_shift(photos):
+    images, _ = photos
+    crops = [cv2.resize(image[:, : image.shape[0]], (128, 128)) for image in images[:3]]
+    same = [detect_faces(c)[0] for c in crops]
+    shifted = [detect_faces(np.roll(c, 4, axis=1))[0] for c in crops]
+    zero, pairs = geometry.landmark_displacement(same, same, [128] * 3)
+    assert zero == 0.0 and pairs == 3
+    moved, _ = geometry.landmark_displacement(same, shifted, [128] * 3)
+    assert 1.0 < moved < 3.0  # 4 px of 128 = 2 px per 64 px
+    assert geometry.landmark_displacement([None], same[:1], [128]) == (None, 0)
+
+
+def test_face_utility_of_avatars_against_vanilla_counts_faceless_images_and_gives_null_for_too_few(photos):
+    images, faces = photos
+    avatars = [_portrait(i, f) for i, f in zip(images, faces)]
+    blank = np.full((128, 128, 3), 128, np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = face_utility(avatars[:5] + [blank], vanilla_images=avatars[5:])
+    assert not [w for w in caught if "undefined" in str(w.message)]  # the too-few warnings went into the notes
+    assert result.num_faces == 5 and any("1 of 6 images without a detected face" in n for n in result.notes)
+    assert result.frechet_to_vanilla is None and any("Fréchet distance undefined" in n for n in result.notes)
+    assert result.kid_to_vanilla is not None
+    assert result.serfiq is not None and result.vanilla.serfiq is not None
+    assert result.attribute_agreement == {} and any("attribute agreement undefined" in n for n in result.notes)
+    assert result.relative()["serfiq"] == pytest.approx(result.serfiq / result.vanilla.serfiq)
+    again = from_json(FaceUtility, to_json(result))
+    assert again.vanilla.consistency == pytest.approx(result.vanilla.consistency)
+
+
+def test_cell_records_without_face_utility_still_load_and_the_csv_has_face_columns():
+    from dataclasses import replace
+
+    from iddm.evaluate.results import PerturbationQuality, Utility, WallSeconds
+
+    utility = Utility(2, [64, 64], 0.0, 1.0, [], None, None, PerturbationQuality(), None, None, None, None)
+    record = CellRecord("a", "iddm", "high", "iddm", [], "r", "i", [], WallSeconds(), {}, utility)
+    old = to_json(record)
+    del old["utility"]["face"]
+    assert from_json(CellRecord, old).utility.face is None
+    face = FaceUtility(2, serfiq=0.8, attribute_agreement={"gender": 1.0}, vanilla=FaceUtility(2, serfiq=0.9))
+    row = csv_row(replace(record, utility=replace(utility, face=face)))
+    assert row["face_serfiq_rel"] == pytest.approx(0.8 / 0.9) and row["face_agreement_gender"] == 1.0
+    assert row["face_kid_to_vanilla"] is None
+
+
+def test_face_utility_measures_how_far_decoupling_moved_the_training_photos_landmarks(photos):
+    images, faces = photos
+    crops = [_portrait(i, f) for i, f in zip(images[:3], faces[:3])]
+    shifted = [np.roll(c, 4, axis=0) for c in crops]  # 4 px of 128 down: 2 px per 64 px
+    same = face_utility(crops[:1], pairs=list(zip(crops, crops)))
+    moved = face_utility(crops[:1], pairs=list(zip(crops, shifted)))
+    assert same.landmark_displacement == 0.0 and same.landmark_pairs == 3
+    assert 1.0 < moved.landmark_displacement < 3.0
+    assert face_utility(crops[:1]).landmark_displacement is None
