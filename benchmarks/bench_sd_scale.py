@@ -505,7 +505,9 @@ def trace_meta(args: argparse.Namespace, resolution: int, mixed: str) -> dict[st
         width = backbone.unet.config.cross_attention_dim
         added = {"text_embeds": torch.empty((count, 1280), device=meta, dtype=dtype),
                  "time_ids": torch.empty((count, 6), device=meta, dtype=dtype)} if args.sdxl else {}  # fmt: skip
-        conditioning = Conditioning(torch.empty((count, 77, width), device=meta, dtype=dtype), added)
+        # In the UNet's dtype (fp32 when DreamBooth trains it): the trainer's autocast does that cast on a GPU.
+        states = torch.empty((count, 77, width), device=meta, dtype=backbone.unet.dtype)
+        conditioning = Conditioning(states, added)
         if "iddm" not in name:
             images = torch.empty((args.train_batch_size, 3, resolution, resolution), device=meta)
             with LiveTensorBytes() as mode:
