@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 
+import iddm.faces.mobilefacenet as mobilefacenet_module
 from iddm.faces import align_crop, load_recognizer
 from iddm.faces.mobilefacenet import (
-    MOBILEFACENET_ENV,
     MOBILEFACENET_SHA256,
     MobileFaceNet,
     check_model_file,
     resolve_model_path,
+    use_model_path,
 )
 
 SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilefacenet" / "MobileFaceNet.tflite"
@@ -75,8 +76,9 @@ def test_odd_batches_match_one_by_one(mobilefacenet, detected_photos):
 
 
 @needs_model
-def test_registry_reads_the_environment_and_is_black_box(monkeypatch):
-    monkeypatch.setenv(MOBILEFACENET_ENV, str(SHARED_MODEL.parent))  # a folder holding the file works too
+def test_registry_loads_the_chosen_file_and_is_black_box(monkeypatch):
+    monkeypatch.setattr(mobilefacenet_module, "_default_path", None)
+    use_model_path(SHARED_MODEL.parent)  # a folder holding the file works too
     recognizer = load_recognizer("MobileFaceNet")
     assert recognizer.name == "mobilefacenet" and recognizer.path == SHARED_MODEL
     assert not recognizer.differentiable
@@ -92,8 +94,8 @@ def test_never_a_surrogate():
 
 
 def test_missing_model_is_one_line_naming_it(tmp_path, monkeypatch):
-    monkeypatch.delenv(MOBILEFACENET_ENV, raising=False)
-    with pytest.raises(ValueError, match="--mobilefacenet PATH or set IDDM_MOBILEFACENET"):
+    monkeypatch.setattr(mobilefacenet_module, "_default_path", None)
+    with pytest.raises(ValueError, match="--mobilefacenet PATH"):
         resolve_model_path(None)
     missing = tmp_path / "nope.tflite"
     with pytest.raises(FileNotFoundError, match=f"MobileFaceNet model file {missing} does not exist"):

@@ -30,6 +30,7 @@ import numpy as np
 from iddm.config import config_to_dict, field, load_yaml
 from iddm.diffusion.loading import DEFAULT_MODEL, MICRO
 from iddm.evaluate.attacker import DEFAULT_BACKENDS
+from iddm.evaluate.cell_purification import purify_cells
 from iddm.evaluate.cells import (
     METHODS,
     PROBES_FILE,
@@ -48,8 +49,9 @@ from iddm.evaluate.cells import (
 from iddm.evaluate.dataset import Identity, discover_dataset
 from iddm.evaluate.harness import default_probe_prompts, knows_one_prompt
 from iddm.evaluate.linkability import FaceSet, targeted_search
-from iddm.evaluate.purify import NO_PRETRAINED_BASE, default_purifiers, parse_purifiers, purify_cells
-from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend, privacy_utility_plot
+from iddm.evaluate.plot import privacy_utility_plot
+from iddm.evaluate.purify import NO_PRETRAINED_BASE, default_purifiers, parse_purifiers
+from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend
 from iddm.evaluate.report import json_safe
 from iddm.evaluate.results import CellFailure, CellRecord, csv_row, to_json
 from iddm.faces.mobilefacenet import use_model_path
@@ -213,6 +215,7 @@ def cell_plan(config: BenchmarkConfig, extra: dict, output_dir: Path, torch_thre
         resolution=config.resolution,
         robustness=config.robustness,
         clip_model=config.clip_model,
+        mobilefacenet=config.mobilefacenet,
         torch_threads=torch_threads,
     )
 
@@ -334,7 +337,7 @@ def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], 
         if config.ray_address is not None:
             check_address(config.ray_address)  # before importing Ray, which takes seconds
         require_ray()
-    use_model_path(config.mobilefacenet)  # sets $IDDM_MOBILEFACENET, which local Ray workers inherit
+    use_model_path(config.mobilefacenet)  # checked before any work; Ray workers get it through the CellPlan
     extra = load_yaml(config.personalize_config) if config.personalize_config else {}
     if RESERVED_OPTIONS & set(extra):
         raise ValueError(

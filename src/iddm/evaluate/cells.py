@@ -35,6 +35,7 @@ from iddm.evaluate.linkability import FaceSet, embed_images, subset
 from iddm.evaluate.results import CellFailure, CellRecord, WallSeconds, cell_name, from_json, to_json
 from iddm.evaluate.utility import ssim_to_vanilla
 from iddm.faces import FaceRecognizer
+from iddm.faces.mobilefacenet import use_model_path
 from iddm.images import PhotoError, atomic_write_bytes, atomic_write_json, load_photo
 from iddm.run_layout import LOG_FILE, RunManifest, is_run_dir, private_dir
 
@@ -124,6 +125,7 @@ class CellPlan:
     Attributes:
         personalize: options of every ``iddm personalize`` run (the benchmark's and ``--personalize_config``'s).
         prompts: generation prompts; ``num_images``, ``generation_seed``, ... as ``iddm benchmark``'s flags.
+        mobilefacenet: the MobileFaceNet file (``--mobilefacenet``), made the cell process's default.
         torch_threads: torch intra-op threads of the cell (``None``: leave torch's default).
     """
 
@@ -138,6 +140,7 @@ class CellPlan:
     resolution: int | None
     robustness: bool
     clip_model: Path | None
+    mobilefacenet: Path | None = None
     torch_threads: int | None = None
 
 
@@ -409,6 +412,7 @@ def execute_cell(
         import torch
 
         torch.set_num_threads(plan.torch_threads)
+    use_model_path(plan.mobilefacenet)  # a Ray worker is a fresh process
     started = time.perf_counter()
     with _cell_log(folder / LOG_NAME, capture_output):
         logger.info("Cell %s started.", cell.label)

@@ -7,7 +7,6 @@ benchmark's tables, from their ``results.csv`` rows).
 from __future__ import annotations
 
 import html
-import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,14 @@ from typing import Any
 import numpy as np
 
 from iddm.evaluate.face_report import FACE_TITLE, face_rows, face_table
+from iddm.evaluate.plot import png_array
+from iddm.evaluate.render_attacks import (
+    PURIFY_NOTE,
+    PURIFY_TITLE,
+    best_purifier_table,
+    purification_table,
+    robustness_table,
+)
 from iddm.evaluate.report import fmt, html_document, html_image, html_table, markdown_table
 from iddm.evaluate.results import (
     SIGNIFICANCE_SE,
@@ -23,7 +30,6 @@ from iddm.evaluate.results import (
     CellFailure,
     CellRecord,
     EvaluateReport,
-    Purification,
     cell_name,
 )
 from iddm.images import load_photo, make_grid
@@ -145,61 +151,6 @@ def utility_rows(report: EvaluateReport) -> list[list[str]]:
         ["SSIM to vanilla generations", fmt(utility.ssim_to_vanilla, 3), utility.ssim_to_vanilla_note or ""],
         *face_rows(utility.face),
     ]
-
-
-def robustness_table(
-    robustness: Mapping[str, Mapping[str, BackendLinkability]],
-) -> tuple[list[str], list[list[str]]]:
-    keys = list(next(iter(robustness.values())))
-    header = ["condition"] + [f"{k} R1-U / rank-last / ISM / match" for k in keys]
-    rows = [
-        [condition]
-        + [f"{fmt(r[k].rank1)} / {fmt(r[k].rank_last)} / {fmt(r[k].ism, 3)} / {fmt(r[k].match_rate)}" for k in keys]
-        for condition, r in robustness.items()
-    ]
-    return header, rows
-
-
-PURIFY_NOTE = (
-    "Each purifier is applied to every generation before the attack; PSNR/SSIM: purified vs unpurified "
-    "generations (what the purifier costs in image quality). Best purifier: per FR system, the one with the "
-    "highest R1-U (then match rate), 'none' when none beats the plain attack; an oracle choice over the sweep, "
-    "so an upper bound on an attacker who must pick one blind."
-)
-
-
-def purification_table(purification: Purification) -> tuple[list[str], list[list[str]]]:
-    """One row per purifier (its cost, then R1-U / match rate per FR system) and the best purifier's row."""
-    keys = list(purification.best)
-    header = ["purifier", "PSNR (dB) / SSIM"] + [f"{k} R1-U / match" for k in keys]
-    rows = [
-        [name, f"{fmt(purification.cost[name].psnr_db, 1)} / {fmt(purification.cost[name].ssim, 3)}"]
-        + [f"{fmt(by_key[k].rank1)} / {fmt(by_key[k].match_rate)}" for k in keys]
-        for name, by_key in purification.linkability.items()
-    ]
-    best = purification.best
-    rows.append(
-        ["best purifier", ""] + [f"{best[k].purifier}: {fmt(best[k].rank1)} / {fmt(best[k].match_rate)}" for k in keys]
-    )
-    return header, rows
-
-
-PURIFY_TITLE = "The purifying attacker: R1-U plain -> under the best purifier (match rate there), mean over identities"
-
-
-def best_purifier_table(means: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    """Per method and level (:func:`aggregate`): each FR system's R1-U plain and under the best purifier."""
-    header = ["method", "level"] + [f"{k} R1-U -> best (match) [purifier]" for k in keys]
-    rows = [
-        [m["method"], m["level"]]
-        + [
-            f"{fmt(m.get(f'{k}_r1u'))} -> {fmt(m.get(f'{k}_best_purifier_r1u'))} "
-            f"({fmt(m.get(f'{k}_best_purifier_match_rate'))}) [{m.get(f'{k}_best_purifier') or '–'}]"
-            for k in keys
-        ]
-        for m in means
-    ]
-    return header, rows
 
 
 def _evaluate_intro(report: EvaluateReport) -> list[str]:
@@ -421,9 +372,9 @@ def benchmark_markdown(
         md += [f"- {f.identity} {cell_name(f)}: {f.error} (log: {f.log})" for f in failures] + [""]
     means = aggregate(rows)
     md += [f"## {MEAN_TITLE}", "", markdown_table(*benchmark_table(means, keys, False))]
-    md += [f"## {FACE_TITLE}", "", markdown_table(*face_table(means, False))]
     if any(f"{k}_best_purifier" in m for m in means for k in keys):
         md += [f"## {PURIFY_TITLE}", "", markdown_table(*best_purifier_table(means, keys)), "", PURIFY_NOTE, ""]
+    md += [f"## {FACE_TITLE}", "", markdown_table(*face_table(means, False))]
     header, spread = seed_spread_table(means, keys)
     if spread:
         md += [f"## {SEED_SPREAD_TITLE}", "", markdown_table(header, spread)]
@@ -433,60 +384,6 @@ def benchmark_markdown(
         md += ["## Attacks that beat chance", ""] + [f"- {line}" for line in flags] + [""]
     md += [f"- {note}" for note in notes]
     return "\n".join(md) + "\n"
-
-
-def privacy_utility_plot(means: Sequence[Mapping[str, Any]], headline: str) -> bytes:
-    """PNG bytes: linkability (``headline`` R1-U) vs face detection rate and vs BRISQUE, one line per method."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(11, 4.2), dpi=100)
-    axes = figure.subplots(1, 2)
-    utilities = [
-        ("face_detection_rate", "face detection rate of generations (higher = better)"),
-        ("brisque_mean", "BRISQUE of generations (lower = better)"),
-    ]
-    methods = list(dict.fromkeys(m["method"] for m in means))
-    chance = _mean([m.get(f"{headline}_r1u_chance") for m in means])
-    for ax, (column, label) in zip(axes, utilities):
-        plotted = False
-        for method in methods:
-            points = [m for m in means if m["method"] == method]
-            x = [np.nan if p.get(column) is None else p[column] for p in points]
-            y = [np.nan if p.get(f"{headline}_r1u") is None else p[f"{headline}_r1u"] for p in points]
-            if method == "vanilla":
-                ax.plot(x, y, "k*", markersize=14, label="vanilla (no defense)")
-            else:
-                ax.plot(x, y, "o-", label=method)
-                for xi, yi, p in zip(x, y, points):
-                    if np.isfinite(xi) and np.isfinite(yi):
-                        ax.annotate(p["level"], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-            plotted |= bool((np.isfinite(np.array(x, dtype=float)) & np.isfinite(np.array(y, dtype=float))).any())
-        if chance is not None:
-            ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
-        if not plotted:
-            if all(m.get(f"{headline}_r1u") is None for m in means):
-                reason = "R1-U undefined: no face detected in any generation"
-            else:
-                reason = "BRISQUE undefined: images below 64 px"
-            ax.text(0.5, 0.5, f"nothing to plot\n({reason})", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"{headline} R1-U (lower = more private)")
-        ax.set_ylim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
-    figure.suptitle("privacy-utility (mean over identities; one point per privacy level)")
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _png_array(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def _image_file(path: Path) -> np.ndarray | None:
@@ -521,12 +418,12 @@ def benchmark_html(
             [f"{f.identity} {cell_name(f)}: {f.error}" for f in failures],
         )
     )
-    body.append(html_image(_png_array(plot), "privacy-utility curve", min_width=1000, max_side=1100))
+    body.append(html_image(png_array(plot), "privacy-utility curve", min_width=1000, max_side=1100))
     means = aggregate(rows)
     body += [f"<h2>{html.escape(MEAN_TITLE)}</h2>", html_table(*benchmark_table(means, keys, False))]
-    body += [f"<h2>{html.escape(FACE_TITLE)}</h2>", html_table(*face_table(rows, True))]
     if any(f"{k}_best_purifier" in m for m in means for k in keys):
         body += [f"<h2>{html.escape(PURIFY_TITLE)}</h2>", html_table(*best_purifier_table(means, keys))]
+    body += [f"<h2>{html.escape(FACE_TITLE)}</h2>", html_table(*face_table(rows, True))]
     header, spread = seed_spread_table(means, keys)
     if spread:
         body += [f"<h2>{html.escape(SEED_SPREAD_TITLE)}</h2>", html_table(header, spread)]

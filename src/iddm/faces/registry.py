@@ -78,7 +78,7 @@ def load_recognizer(name: str, **kwargs) -> FaceRecognizer:
     Args:
         name: registry name, case-insensitive.
         **kwargs: passed to the backend's constructor (e.g. ``device="cuda"``; ``arcface`` needs its
-            weights file; ``mobilefacenet`` its ``model_path``, default ``$IDDM_MOBILEFACENET``).
+            weights file; ``mobilefacenet`` its ``model_path``, default: the file ``use_model_path`` chose).
 
     Raises:
         ValueError: unknown name (the message lists the known ones) or missing required arguments.
