@@ -7,6 +7,7 @@ from iddm.diffusion.pixel import PixelBackbone
 from iddm.diffusion.sampling import sample
 from iddm.diffusion.sdxl import StableDiffusionXLBackbone
 from iddm.diffusion.stable_diffusion import LORA_WEIGHT_NAME, StableDiffusionBackbone
+from iddm.diffusion.taef2 import TinyFluxAutoencoder  # diffusers loads the 128-px prior's vae/ from this module
 from iddm.diffusion.tiny import build_clip_tokenizer, build_tiny_sd_pipeline, save_tiny_sd_pipeline
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "PixelBackbone",
     "StableDiffusionBackbone",
     "StableDiffusionXLBackbone",
+    "TinyFluxAutoencoder",
     "TrainingPhotos",
     "build_clip_tokenizer",
     "build_tiny_sd_pipeline",
