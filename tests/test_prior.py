@@ -20,7 +20,6 @@ from iddm.prior import (
     MANIFEST_FILE,
     PRIOR_FILE,
     PretrainConfig,
-    default_prior_path,
     pretrain,
     verify_manifest,
     write_manifest,
@@ -28,6 +27,7 @@ from iddm.prior import (
 from iddm.prior.cli import add_commands
 from iddm.prior.data import find_identities, is_excluded, load_corpus
 from iddm.prior.train import list_checkpoints, min_snr_weights
+from iddm.weights import prior_path
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO / "data" / "faces"
@@ -204,23 +204,42 @@ def test_manifest_refuses_a_modified_missing_or_unlisted_file(tiny_prior, tmp_pa
         verify_manifest(folder)
 
 
-def test_shipped_prior_verifies_loads_offline_and_generates():
-    path = default_prior_path()
+@pytest.mark.parametrize(
+    ("name", "max_mib", "held_out"),
+    [
+        ("iddm:face-prior-64", 26, {"lfw7/Gerhard_Schroeder", "lfw7/Hugo_Chavez", "lfw7/Tony_Blair"}),
+        ("iddm:face-prior-128", 50, None),
+    ],
+)
+def test_shipped_prior_verifies_loads_offline_and_generates(name, max_mib, held_out):
+    path = prior_path(name)
     info = json.loads((path / PRIOR_FILE).read_text())
     total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    assert total <= 26 * 2**20, f"shipped prior is {total / 2**20:.1f} MiB"
+    assert total <= max_mib * 2**20, f"shipped prior is {total / 2**20:.1f} MiB"
     assert info["personalization"]["crop"] == "aligned"
-    assert set(info["corpus"]["held_out_identities"]) == {
-        "lfw7/Gerhard_Schroeder",
-        "lfw7/Hugo_Chavez",
-        "lfw7/Tony_Blair",
-    }
+    if held_out is not None:
+        assert set(info["corpus"]["held_out_identities"]) == held_out
+    else:  # the 128-px prior: the 64 CFP evaluation people of the committed split were never seen
+        split = json.loads((Path(__file__).parents[1] / "benchmarks" / "cfp_eval_split.json").read_text())
+        assert set(split["identities"]) <= set(info["corpus"]["held_out_identities"])
     pipeline = StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
     image = pipeline(
         "a photo of a person", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
     ).images
     assert image.shape == (1, info["personalization"]["resolution"], info["personalization"]["resolution"], 3)
+
+
+def test_model_cards_carry_the_data_terms_of_the_128_px_prior():
+    from iddm.run_layout import ModelManifest
+    from iddm.schedule.model_card import render_model_card
+
+    def card(base: str) -> str:
+        manifest = ModelManifest("sd", base, "lora", 128, "a photo of sks person", "none", {}, [])
+        return render_model_card(manifest, {}, None, None)
+
+    assert "non-commercial research only" in card("iddm:face-prior-128")
+    assert "non-commercial" not in card("iddm:face-prior-64")
 
 
 # -- the command and bad input ---------------------------------------------------------------------------

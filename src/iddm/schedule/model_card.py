@@ -15,7 +15,7 @@ from iddm.config import config_to_dict
 from iddm.images import atomic_write_json, atomic_write_text
 from iddm.run_layout import EVALUATION_FILE, MODEL_CARD, MODEL_FILE, ModelManifest, model_dir
 from iddm.schedule.plan import StagePlan
-from iddm.weights import FACE_PRIOR, PRIOR_FILE, PRIOR_FOLDERS, PRIOR_NAMES, prior_name
+from iddm.weights import FACE_PRIOR, PRIOR_DATA_TERMS, PRIOR_FILE, PRIOR_FOLDERS, PRIOR_NAMES, prior_name
 
 PRIVATE_OPTIONS = {"photos", "output_dir", "class_data_dir", "perturbation_from", "decoy", "resume_from_checkpoint"}
 """Options that name local files: left out of anything publishable."""
@@ -120,6 +120,11 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _terms_line(manifest: ModelManifest) -> str:
+    terms = PRIOR_DATA_TERMS.get(manifest.base_model or "")
+    return f"\n* Terms: **{terms}**" if terms else ""
+
+
 def render_model_card(manifest: ModelManifest, settings: dict[str, Any], plan, report: dict | None) -> str:
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in settings.items())
     privacy_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in manifest.privacy.items() if k != "decoy")
@@ -134,7 +139,7 @@ base_model: {manifest.base_model or "null"}
 
 * Base model: `{base}` ({manifest.backbone} backbone)
 * Method: `{manifest.method}`, resolution {manifest.resolution} px
-* Instance prompt: `{manifest.instance_prompt}`
+* Instance prompt: `{manifest.instance_prompt}`{_terms_line(manifest)}
 
 ## Privacy
 

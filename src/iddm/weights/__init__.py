@@ -1,8 +1,10 @@
 """Weights shipped with iddm, and SHA-256 manifests of weight folders.
 
 The offline face priors are diffusers ``StableDiffusionPipeline`` folders that ``iddm pretrain`` trained
-(credits: ``data/faces/SOURCES.md``): ``face_prior/`` (``iddm:face-prior-64``, 64 px). ``taef2/`` is TAEF2 (MIT),
-the autoencoder of the 128-px recipe of ``iddm pretrain``; a prior made with it ships once it draws faces.
+(credits: ``data/faces/SOURCES.md``): ``face_prior/`` (``iddm:face-prior-64``, 64 px, grey and colour, 44 people)
+and ``face_prior_128/`` (``iddm:face-prior-128``, 128 px, colour, caption-conditioned, hundreds of people; its
+data is for non-commercial research only: :data:`PRIOR_DATA_TERMS`). ``taef2/`` is TAEF2 (MIT), the
+128-px prior's autoencoder.
 :func:`prior_path` returns a prior by name after checking every file against its ``SHA256SUMS``. This module
 sits at the bottom of the layer map (it imports only :mod:`iddm.images`) so that :mod:`iddm.diffusion` can load
 the priors by name.
@@ -20,8 +22,15 @@ MANIFEST_FILE = "SHA256SUMS"
 FACE_PRIOR = "iddm:face-prior"
 """The default base model's name for ``--pretrained_model_name_or_path``: an alias of one shipped prior."""
 FACE_PRIOR_64 = "iddm:face-prior-64"
-PRIOR_FOLDERS = {FACE_PRIOR_64: "face_prior"}
+FACE_PRIOR_128 = "iddm:face-prior-128"
+PRIOR_FOLDERS = {FACE_PRIOR_64: "face_prior", FACE_PRIOR_128: "face_prior_128"}
 """Each shipped prior's own name and its folder here. Runs and model cards record these names, never the alias."""
+PRIOR_DATA_TERMS = {
+    FACE_PRIOR_128: "Its pretraining photos (CFP, the Glint360K sample and UTKFace among them; credits in the "
+    "repository's data/faces/SOURCES.md) are licensed for non-commercial research only, and so are this prior and "
+    "every model personalized from it."
+}
+"""The terms a prior inherits from its pretraining data, repeated in the model card of every model made from it."""
 PRIOR_ALIASES = {FACE_PRIOR: FACE_PRIOR_64}
 """What the alias stands for now."""
 PRIOR_NAMES = (FACE_PRIOR, *PRIOR_FOLDERS)
