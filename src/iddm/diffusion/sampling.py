@@ -28,17 +28,33 @@ def sample(
     shape = (len(prompts), *backbone.latent_shape)
     latents = torch.randn(shape, generator=generator).to(backbone.device, backbone.unet.dtype)
     latents = latents * scheduler.init_noise_sigma
+    latents = denoise(backbone, scheduler, latents, scheduler.timesteps, prompts, guidance_scale, negative_prompt)
+    images = backbone.to_image_space(latents).float()
+    backbone.train(was_training)
+    return images
+
+
+@torch.no_grad()
+def denoise(
+    backbone: Backbone,
+    scheduler: DDIMScheduler,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    prompts: list[str],
+    guidance_scale: float = 1.0,
+    negative_prompt: str = "",
+) -> torch.Tensor:
+    """Run ``scheduler`` over ``timesteps`` from ``latents`` (diffusion space, one per prompt), with classifier-free
+    guidance against ``negative_prompt`` unless ``guidance_scale == 1``; returns the final latents."""
     guided = guidance_scale != 1.0
     conditioning = backbone.encode_prompts(prompts)
     if guided:
         conditioning = backbone.encode_prompts([negative_prompt] * len(prompts)).cat(conditioning)
-    for t in scheduler.timesteps:
+    for t in timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
         prediction = backbone.predict(model_input, t, conditioning)
         if guided:
             uncond, cond = prediction.chunk(2)
             prediction = uncond + guidance_scale * (cond - uncond)
         latents = scheduler.step(prediction, t, latents).prev_sample
-    images = backbone.to_image_space(latents).float()
-    backbone.train(was_training)
-    return images
+    return latents

@@ -143,6 +143,8 @@ def sdedit(
     """
     from diffusers import DDIMScheduler
 
+    from iddm.diffusion.sampling import denoise
+
     parse_purifier(PurifierSpec("sdedit", strength))
     was_training = backbone.unet.training
     backbone.train(False)
@@ -154,17 +156,7 @@ def sdedit(
     latents = backbone.to_diffusion_space(images.to(backbone.device, dtype), generator=generator)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(latents)))
-    guided = guidance_scale != 1.0
-    conditioning = backbone.encode_prompts([prompt] * len(latents))
-    if guided:
-        conditioning = backbone.encode_prompts([""] * len(latents)).cat(conditioning)
-    for t in timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
-        prediction = backbone.predict(model_input, t, conditioning)
-        if guided:
-            uncond, cond = prediction.chunk(2)
-            prediction = uncond + guidance_scale * (cond - uncond)
-        latents = scheduler.step(prediction, t, latents).prev_sample
+    latents = denoise(backbone, scheduler, latents, timesteps, [prompt] * len(latents), guidance_scale)
     result = backbone.to_image_space(latents).float().clamp(0, 1).cpu()
     backbone.train(was_training)
     return result
