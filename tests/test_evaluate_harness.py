@@ -131,8 +131,9 @@ def test_evaluate_links_the_real_person_on_every_backend(evaluated):
     out, metrics = evaluated
     assert set(metrics) == {
         "images", "num_images", "reference", "gallery", "run", "prompts", "backends", "utility", "robustness",
-        "warnings",
+        "purification", "warnings",
     }  # fmt: skip
+    assert metrics["purification"] is None  # the purifying attacker runs only with --purify
     assert metrics["warnings"] == []
     assert metrics["num_images"] == 3
     assert metrics["gallery"]["identities"] == ["user", "ardern", "biden", "collins", "hopper", "macron", "sunak"]
