@@ -71,7 +71,7 @@ def test_text_table(report):
 def test_unknown_backend_lists_known_names():
     with pytest.raises(ValueError, match="known: arcface, dlib, facenet, mobilefacenet, sface"):
         load_recognizer("vggface")
-    assert set(RECOGNIZERS) == {"sface", "facenet", "dlib", "arcface"}
+    assert set(RECOGNIZERS) == {"sface", "facenet", "dlib", "arcface", "mobilefacenet"}
 
 
 def test_arcface_needs_weights():
