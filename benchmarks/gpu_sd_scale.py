@@ -81,26 +81,19 @@ def main() -> int:
         main_runs = ["diffusers_lora", "vanilla_lora", "iddm_lora", "iddm_lora_no_saving", "dreambooth"]
         groups = {
             "bf16": ["--steps", steps, "--data_steps", data_steps, "--runs", *main_runs],
-            "fp16_gc": [
-                "--mixed_precision",
-                "fp16",
-                "--gradient_checkpointing",
-                "--steps",
-                short,
-                "--runs",
-                "vanilla_lora",
-                "iddm_lora",
-            ],  # fmt: skip
-            "bf16_gc": [
-                "--mixed_precision",
-                "bf16",
-                "--gradient_checkpointing",
-                "--steps",
-                short,
-                "--runs",
-                "vanilla_lora",
-                "iddm_lora",
-            ],  # fmt: skip
+            **{
+                f"{precision}_gc": [
+                    "--mixed_precision",
+                    precision,
+                    "--gradient_checkpointing",
+                    "--steps",
+                    short,
+                    "--runs",
+                    "vanilla_lora",
+                    "iddm_lora",
+                ]  # fmt: skip
+                for precision in ("fp16", "bf16")
+            },
         }
         if args.tiny or args.device == "cpu":  # fp16 needs CUDA; the CPU check runs the plain-precision variant
             groups["fp16_gc"] = ["--mixed_precision", "no", *groups["fp16_gc"][2:]]
