@@ -82,11 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(max(1, args.threads))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, parse_args(argv).threads))
+    try:  # the caller's thread count back afterwards (tests call main in-process: it changes their floats)
+        return _main(parse_args(argv))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         config = HeadConfig(
             kind=args.head,
             select=not args.no_select,
