@@ -96,3 +96,19 @@ def sigkill_when(argv: list[str], marker: Path, timeout: float) -> None:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def aligned_crops(recognizer, detected_photos: dict) -> tuple:
+    """``(names, crops)``: each photo of ``{name: (image, face)}`` aligned for ``recognizer``, sorted by name;
+    crops ``(N, 3, S, S)`` float in ``[0, 1]``."""
+    import numpy as np
+    import torch
+
+    from iddm.faces import align_crop
+
+    names = sorted(detected_photos)
+    crops = [
+        align_crop(image, face.landmarks, recognizer.template, recognizer.input_size)
+        for image, face in (detected_photos[n] for n in names)
+    ]
+    return names, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0

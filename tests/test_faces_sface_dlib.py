@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import aligned_crops
 
-from iddm.faces import FaceAligner, align_crop, load_recognizer
+from iddm.faces import FaceAligner, load_recognizer
 from iddm.faces.dlib_backend import DLIB_COSINE_THRESHOLD, DlibResNet, dlib_model_file
 from iddm.faces.sface import SFace, sface_model_path
 
@@ -24,20 +25,11 @@ def dlib_resnet() -> DlibResNet:
     return DlibResNet()
 
 
-def _crops(recognizer, detected_photos) -> tuple[list[str], torch.Tensor]:
-    names = sorted(detected_photos)
-    crops = [
-        align_crop(image, face.landmarks, recognizer.template, recognizer.input_size)
-        for image, face in (detected_photos[n] for n in names)
-    ]
-    return names, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
-
-
 @pytest.fixture(scope="module")
 def embeddings(sface, dlib_resnet, detected_photos) -> dict[str, tuple[list[str], torch.Tensor]]:
     result = {}
     for recognizer in (sface, dlib_resnet):
-        names, batch = _crops(recognizer, detected_photos)
+        names, batch = aligned_crops(recognizer, detected_photos)
         with torch.no_grad():
             result[recognizer.name] = (names, recognizer.embed(batch))
     return result
@@ -45,7 +37,7 @@ def embeddings(sface, dlib_resnet, detected_photos) -> dict[str, tuple[list[str]
 
 def test_sface_matches_opencv(sface, detected_photos):
     reference_net = cv2.FaceRecognizerSF.create(str(sface_model_path()), "")
-    names, batch = _crops(sface, detected_photos)
+    names, batch = aligned_crops(sface, detected_photos)
     with torch.no_grad():
         ours = sface.embed(batch).numpy()
     crops = (batch.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

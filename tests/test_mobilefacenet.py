@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import aligned_crops
 
 import iddm.faces.mobilefacenet as mobilefacenet_module
-from iddm.faces import align_crop, load_recognizer
+from iddm.faces import load_recognizer
 from iddm.faces.mobilefacenet import (
     MOBILEFACENET_SHA256,
     MobileFaceNet,
@@ -39,18 +40,9 @@ def mobilefacenet() -> MobileFaceNet:
     return MobileFaceNet(SHARED_MODEL, num_threads=1)
 
 
-def _crops(recognizer, detected_photos) -> tuple[list[str], torch.Tensor]:
-    names = sorted(detected_photos)
-    crops = [
-        align_crop(image, face.landmarks, recognizer.template, recognizer.input_size)
-        for image, face in (detected_photos[n] for n in names)
-    ]
-    return names, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
-
-
 @needs_model
 def test_separates_the_test_identities_at_its_threshold(mobilefacenet, detected_photos):
-    names, batch = _crops(mobilefacenet, detected_photos)
+    names, batch = aligned_crops(mobilefacenet, detected_photos)
     emb = mobilefacenet.embed(batch)
     assert emb.shape == (len(names), 192) and emb.dtype == torch.float32
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(len(names)))
@@ -66,7 +58,7 @@ def test_separates_the_test_identities_at_its_threshold(mobilefacenet, detected_
 @needs_model
 def test_odd_batches_match_one_by_one(mobilefacenet, detected_photos):
     # The interpreter's batch is fixed at 2: a batch of 3 is padded, and each row must not depend on its neighbour.
-    _, batch = _crops(mobilefacenet, detected_photos)
+    _, batch = aligned_crops(mobilefacenet, detected_photos)
     together = mobilefacenet.embed(batch[:3])
     alone = torch.cat([mobilefacenet.embed(batch[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
