@@ -59,7 +59,7 @@ def held_out_crops(corpus: Path | None, resolution: int, margin: float) -> dict[
         crops[key] = []
         for path in paths:
             try:
-                crops[key].append(aligned_crop(load_photo(path), str(path), resolution, margin))
+                crops[key].append(aligned_crop(load_photo(path), str(path), resolution, margin)[0])
             except (PhotoError, ValueError) as err:  # a face YuNet misses (FaceNotFoundError): counted, not a crash
                 print(f"skipped {err}")
         print(f"{key}: {len(crops[key])} of {len(paths)} held-out photos cropped")

@@ -7,15 +7,20 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import sigkill_when
 from diffusers import StableDiffusionPipeline
 from PIL import Image
+from safetensors.torch import load_file
 
 from iddm.cli import main
 from iddm.config import build_config, config_from_namespace
+from iddm.diffusion.data import aligned_template, crop_coverage, warp_crop
+from iddm.faces import detect_single_face, similarity_transform
+from iddm.images import load_photo
 from iddm.prior import (
     MANIFEST_FILE,
     PRIOR_FILE,
@@ -26,7 +31,7 @@ from iddm.prior import (
 )
 from iddm.prior.cli import add_commands
 from iddm.prior.data import find_identities, is_excluded, load_corpus
-from iddm.prior.train import list_checkpoints, min_snr_weights
+from iddm.prior.train import list_checkpoints, masked_mse, min_snr_weights
 from iddm.weights import prior_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -331,6 +336,66 @@ def test_min_snr_weights_clip_the_signal_to_noise_ratio_per_prediction_type():
     torch.testing.assert_close(v.double(), snr.clamp(max=5) / (snr + 1), rtol=1e-4, atol=0)
     torch.testing.assert_close(eps.double(), snr.clamp(max=5) / snr, rtol=1e-4, atol=0)
     assert torch.equal(min_snr_weights(scheduler, timesteps, PretrainConfig(snr_gamma=None)), torch.ones(4))
+
+
+def test_crop_coverage_marks_exactly_the_mirrored_border():
+    # ORL's photos are tight 92x112 portraits: iddm's zoomed-out crop of them reaches past the photo.
+    photo = load_photo(FACES / "orl" / "s1" / "1.pgm")
+    matrix = similarity_transform(detect_single_face(photo).landmarks, aligned_template(128, 0.25))
+    inside = crop_coverage(photo.shape, matrix, 128)
+    assert 0.5 < inside.mean() < 0.95 and inside[64, 64] and not inside[0, 0]
+    # Where warp_crop reads the photo, a white photo stays white with a black constant border; elsewhere it is 0.
+    white = np.full(photo.shape, 255, np.uint8)
+    lit = cv2.warpAffine(white, matrix, (128, 128), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
+    assert not (inside & ~lit[..., 0]).any()  # never marks a border pixel as inside
+    assert (lit[..., 0] & ~inside).mean() < 0.02  # and is conservative by at most a one-pixel rim
+    mirrored = warp_crop(photo, matrix, 128)
+    assert mirrored[~inside].std() > 10  # the mirrored border is picture content, which the loss mask removes
+
+
+def test_latent_masks_keep_cells_wholly_inside_the_photo(corpus_dir):
+    corpus = load_corpus(corpus_dir, [], resolution=32, margin=0.25)
+    masks = corpus.latent_masks(8)
+    assert masks.shape == (len(corpus), 1, 8, 8) and masks.dtype == torch.float32
+    blocks = corpus.coverage.reshape(len(corpus), 8, 4, 8, 4)
+    assert np.array_equal(masks[:, 0].numpy().astype(bool), blocks.all(axis=(2, 4)))
+    assert 0 < masks.mean() < 1  # ORL's tight 92x112 photos leave part of every crop outside
+    mirrored = corpus.latent_masks(8, flip=True)
+    assert torch.equal(mirrored[0::2], masks) and torch.equal(mirrored[1::2], masks.flip(-1))
+    with pytest.raises(ValueError, match="does not divide"):
+        corpus.latent_masks(5)
+
+
+def test_masked_mse_ignores_masked_cells_and_averages_over_kept_ones():
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(2, 3, 4, 4, generator=generator), torch.randn(2, 3, 4, 4, generator=generator)
+    plain = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(masked_mse(prediction, target), plain)
+    torch.testing.assert_close(masked_mse(prediction, target, torch.ones(2, 1, 4, 4)), plain)
+    keep = torch.zeros(2, 1, 4, 4)
+    keep[0, :, :2] = 1  # sample 0 keeps its top half; sample 1 keeps nothing
+    changed = target.clone()
+    changed[:, :, 2:] += 100  # what the mask removes cannot move the loss
+    loss = masked_mse(prediction, changed, keep)
+    torch.testing.assert_close(loss[0], ((prediction[0, :, :2] - target[0, :, :2]) ** 2).mean())
+    assert loss[1] == 0
+
+
+def test_init_from_a_prior_starts_from_its_unet_and_refuses_another_shape(corpus_dir, tmp_path, capsys):
+    taef2 = dict(TINY, autoencoder="taef2", unet_steps=2, num_sample_images=0)
+    first = tmp_path / "first"
+    pretrain(build_config(PretrainConfig, {**taef2, "data_dir": corpus_dir, "output_dir": first}))
+    tuned = tmp_path / "tuned"
+    overrides = {"init_from": str(first), "unet_learning_rate": 0.0, "unet_steps": 1, "seed": 1}
+    pretrain(build_config(PretrainConfig, {**taef2, **overrides, "data_dir": corpus_dir, "output_dir": tuned}))
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert (first / name).read_bytes() != b""
+        ours, theirs = load_file(tuned / name), load_file(first / name)
+        assert all(torch.equal(ours[key], theirs[key]) for key in theirs), name  # learning rate 0: unchanged
+    flags = ["--autoencoder", "taef2", "--init_from"]
+    err = _pretrain_error(corpus_dir, tmp_path, capsys, *flags, str(first), "--unet_channels", "16", "16")
+    assert "does not fit the architecture" in err
+    assert "is missing" in _pretrain_error(corpus_dir, tmp_path, capsys, *flags, str(tmp_path / "nowhere"))
 
 
 def test_fp16_on_cpu_and_bad_architecture_are_clear_errors(corpus_dir, tmp_path, capsys):

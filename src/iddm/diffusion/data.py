@@ -85,6 +85,17 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
+def crop_coverage(image_shape: tuple[int, ...], matrix: np.ndarray, size: int) -> np.ndarray:
+    """``(size, size)`` bool: the pixels of ``warp_crop(image, matrix, size)`` whose centre maps inside the image;
+    the others are ``warp_crop``'s mirrored border, which repeats the face's features (eyes, a second chin)."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    centres = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
+    source = transform_points(cv2.invertAffineTransform(matrix), centres)
+    height, width = image_shape[:2]
+    inside = (source >= 0).all(axis=1) & (source[:, 0] <= width - 1) & (source[:, 1] <= height - 1)
+    return inside.reshape(size, size)
+
+
 def prepare_photos(
     folder: str | Path,
     resolution: int,

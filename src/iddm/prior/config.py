@@ -73,6 +73,12 @@ class PretrainConfig:
         help="Also train on the mirror image of every crop. With autoencoder 'taef2' each mirror is encoded too "
         "(TAEF2's latents are not mirror-symmetric), doubling the encoding time.",
     )
+    mask_padding: bool = field(
+        True,
+        help="Leave the parts of each crop that lie outside its photo (filled by mirroring the photo, so they repeat "
+        "eyes and chins along the frame's edges) out of the UNet's loss. The prior then learns a frame's edges only "
+        "from photos that show them.",
+    )
     # -- architecture -------------------------------------------------------------------------------
     autoencoder: str = field(
         "taef2",
@@ -116,6 +122,11 @@ class PretrainConfig:
     unet_steps: int = field(4000, help="UNet training steps on the frozen autoencoder's latents.")
     unet_batch_size: int = field(32, help="Latents per UNet step.")
     unet_learning_rate: float = field(6e-4, help="AdamW learning rate of the UNet (cosine decay).")
+    init_from: str | None = field(
+        None,
+        help="Start the UNet from this prior's weights (a shipped name such as 'iddm:face-prior-128' or a prior "
+        "folder) instead of a random init: fine-tuning. Its architecture and text encoder must match these options.",
+    )
     snr_gamma: float | None = field(
         5.0,
         help="Min-SNR-gamma loss weighting (diffusers' --snr_gamma; 5.0 recommended by Hang et al. 2023, who report "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from iddm.diffusion.data import aligned_template, to_tensor, warp_crop
+from iddm.diffusion.data import aligned_template, crop_coverage, to_tensor, warp_crop
 from iddm.faces import detect_faces, select_single_face, similarity_transform
 from iddm.images import IMAGE_EXTENSIONS, PhotoError, file_sha256, load_photo
 from iddm.prior.captions import labels_from_path
@@ -47,6 +47,8 @@ class Corpus:
         skipped: ``"path: reason"`` for every file that was not used.
         excluded: identities found but left out (held out).
         fingerprint: SHA-256 over the used files' contents and order (keys caches of their latents).
+        coverage: ``(N, R, R)`` bool, the crop's pixel lies inside its photo (elsewhere the crop is the photo's
+            mirrored border; :func:`iddm.diffusion.data.crop_coverage`); ``None`` when not computed.
     """
 
     images: np.ndarray
@@ -57,6 +59,7 @@ class Corpus:
     skipped: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    coverage: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -89,6 +92,23 @@ class Corpus:
             return images, gray
         both = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
         return both, gray.repeat_interleave(2)
+
+    def latent_masks(self, grid: int, flip: bool = False) -> torch.Tensor:
+        """Loss masks ``(M, 1, grid, grid)`` float32 on the latent grid: 1 where a latent cell's whole pixel block
+        lies inside the photo, else 0; ``M = 2N`` with mirrors interleaved as in :meth:`training_tensors`.
+
+        Raises:
+            ValueError: the corpus has no coverage, or ``grid`` does not divide the crop size.
+        """
+        if self.coverage is None:
+            raise ValueError("This corpus was built without crop coverage; load it with load_corpus.")
+        count, side = self.coverage.shape[:2]
+        if side % grid:
+            raise ValueError(f"A latent grid of {grid} does not divide {side}-px crops.")
+        block = side // grid
+        cells = self.coverage.reshape(count, grid, block, grid, block).all(axis=(2, 4))
+        masks = torch.from_numpy(cells).float().unsqueeze(1)
+        return torch.stack([masks, masks.flip(-1)], dim=1).flatten(0, 1) if flip else masks
 
 
 def label_counts(labels: list[dict[str, str]]) -> dict[str, dict[str, int]]:
@@ -148,15 +168,16 @@ def is_gray_file(path: Path, pixels: np.ndarray) -> bool:
     return bool(spread.max() <= GRAY_TOLERANCE)
 
 
-def aligned_crop(photo: np.ndarray, source: str, resolution: int, margin: float) -> np.ndarray:
-    """The ``(R, R, 3)`` uint8 5-point aligned crop personalization makes of ``photo`` (its largest face).
+def aligned_crop(photo: np.ndarray, source: str, resolution: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(R, R, 3)`` uint8 5-point aligned crop personalization makes of ``photo`` (its largest face), and its
+    ``(R, R)`` bool coverage (:func:`iddm.diffusion.data.crop_coverage`).
 
     Raises:
         iddm.faces.FaceNotFoundError: no face (or a face under 20 px).
     """
     face = select_single_face(detect_faces(photo), source=source)
     matrix = similarity_transform(face.landmarks, aligned_template(resolution, margin))
-    return warp_crop(photo, matrix, resolution)
+    return warp_crop(photo, matrix, resolution), crop_coverage(photo.shape, matrix, resolution)
 
 
 def load_corpus(
@@ -187,7 +208,7 @@ def load_corpus(
     kept = {identity: paths for identity, paths in found.items() if identity not in excluded}
     if not kept:
         raise PhotoError(f"{data_dir}: every identity is excluded ({excluded}); nothing left to pretrain on.")
-    images, gray, labels, identities, used, skipped, seen = [], [], [], [], [], [], {}
+    images, coverage, gray, labels, identities, used, skipped, seen = [], [], [], [], [], [], [], {}
     fingerprint = hashlib.sha256()
     files = [(identity, path) for identity, paths in kept.items() for path in paths]
     for identity, path in progress_bar(files, desc="detect + crop", unit="photo", leave=False):
@@ -198,12 +219,13 @@ def load_corpus(
         seen[digest] = path
         try:
             photo = load_photo(path)
-            crop = aligned_crop(photo, str(path), resolution, margin)
+            crop, inside = aligned_crop(photo, str(path), resolution, margin)
         except (PhotoError, ValueError) as err:
             skipped.append(str(err))
             continue
         fingerprint.update(f"{path.relative_to(data_dir).as_posix()}:{digest}\n".encode())
         images.append(crop)
+        coverage.append(inside)
         gray.append(is_gray_file(path, photo))
         labels.append(labels_from_path(path, gray[-1]))
         identities.append(identity)
@@ -223,15 +245,9 @@ def load_corpus(
         )
     if not used:
         raise PhotoError(f"{data_dir}: none of {len(files)} photo(s) has a usable face; cannot pretrain a face prior.")
+    gray_flags, digest = np.array(gray, dtype=bool), fingerprint.hexdigest()
     corpus = Corpus(
-        np.stack(images),
-        np.array(gray, dtype=bool),
-        labels,
-        identities,
-        used,
-        skipped,
-        excluded,
-        fingerprint.hexdigest(),
+        np.stack(images), gray_flags, labels, identities, used, skipped, excluded, digest, np.stack(coverage)
     )
     if corpus.num_identities < min_identities:
         raise PhotoError(

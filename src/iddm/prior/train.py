@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from iddm.checkpoints import list_checkpoints, resolve_checkpoint, write_checkpoint
@@ -36,10 +37,10 @@ from iddm.prior.captions import CaptionBank, batch_captions
 from iddm.prior.config import PretrainConfig
 from iddm.prior.data import Corpus, load_corpus
 from iddm.prior.latents import CACHE_DIR, cache_key, encode_corpus, module_digest
-from iddm.prior.models import build_models, check_architecture
+from iddm.prior.models import build_models, check_architecture, vae_factor
 from iddm.prior.output import write_prior
 from iddm.progress import progress_bar
-from iddm.weights import MANIFEST_FILE
+from iddm.weights import MANIFEST_FILE, prior_path
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ def _check_config(config: PretrainConfig) -> Path:
         raise ValueError(f"--label_dropout must be in [0, 1), got {config.label_dropout}.")
     if config.snr_gamma is not None and config.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive (or empty for plain MSE), got {config.snr_gamma}.")
+    if config.init_from is not None:
+        _init_files(config.init_from)  # a missing prior stops here, before the corpus is read
     if config.held_out_cfp < 0:
         raise ValueError(f"--held_out_cfp must be at least 0, got {config.held_out_cfp}.")
     if config.unet_steps < 1 or (config.autoencoder == "train" and config.vae_steps < 1):
@@ -193,10 +196,11 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         config.mixed_precision,
         torch.get_num_threads(),
     )
+    vae, unet, text_encoder = build_models(config)
+    if config.init_from is not None:
+        _init_from_prior(unet, text_encoder, config.init_from)
     corpus = _load_corpus(config)
     ensure_writable_dir(output_dir)
-
-    vae, unet, text_encoder = build_models(config)
     tokenizer = build_clip_tokenizer()
     for module in (vae, unet, text_encoder):
         module.to(device)
@@ -225,6 +229,30 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     return PretrainResult(
         output_dir, run.total, seconds["vae"], seconds["unet"], losses["vae"], losses["unet"], summary
     )
+
+
+def _init_files(source: str) -> dict[str, Path]:
+    """The UNet and text-encoder weight files of the prior ``source`` (a shipped name or a folder)."""
+    folder = prior_path(source) if source.startswith("iddm:") else Path(source)
+    files = {
+        "unet": folder / "unet" / "diffusion_pytorch_model.safetensors",
+        "text_encoder": folder / "text_encoder" / "model.safetensors",
+    }
+    for path in files.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"--init_from {source}: {path} is missing; give a face prior's folder.")
+    return files
+
+
+def _init_from_prior(unet, text_encoder, source: str) -> None:
+    """Load the prior ``source``'s UNet and (frozen) text encoder into the freshly built ones, in float32."""
+    for module, path in zip((unet, text_encoder), _init_files(source).values()):
+        try:
+            module.load_state_dict({name: tensor.float() for name, tensor in load_file(path).items()})
+        except (RuntimeError, SafetensorError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(f"--init_from {source}: {path} does not fit the architecture ({first}).") from None
+    logger.info("UNet and text encoder initialized from %s.", source)
 
 
 def _load_corpus(config: PretrainConfig) -> Corpus:
@@ -265,6 +293,8 @@ class _Run:
         self.vae_steps = config.vae_steps if trains_vae else 0
         self.total = self.vae_steps + config.unet_steps
         self.images = corpus.training_tensors(flip=config.flip)[0] if trains_vae else None
+        grid = config.resolution // vae_factor(config)
+        self.masks = corpus.latent_masks(grid, config.flip) if config.mask_padding else None
         self.latents: dict[str, torch.Tensor] | None = None
         self.ema = {name: p.detach().clone() for name, p in unet.named_parameters()}
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -341,8 +371,8 @@ class _Run:
                 self.latents = _freeze_and_encode(self.vae, self.images)
             self.unet.train()
             loss = _unet_step(
-                self.unet, self.latents, self.corpus, self.captions, self.scheduler, self.config, self.generator,
-                self.accelerator,
+                self.unet, self.latents, self.masks, self.corpus, self.captions, self.scheduler, self.config,
+                self.generator, self.accelerator,
             )  # fmt: skip
             module = self.unet
         optimizer, schedule = self.parts[stage]
@@ -383,8 +413,9 @@ def _freeze_and_encode(vae: AutoencoderKL, images: torch.Tensor) -> dict[str, to
     return {"mean": mean, "std": std, "scaling": torch.tensor(scaling)}
 
 
-def _unet_step(unet, latents, corpus, captions, scheduler, config: PretrainConfig, generator, accelerator):
-    """Noise-prediction MSE on a random batch of latents, each with its caption (or the empty one)."""
+def _unet_step(unet, latents, masks, corpus, captions, scheduler, config: PretrainConfig, generator, accelerator):
+    """Noise- (or v-) prediction MSE on a random batch of latents, each with its caption (or the empty one),
+    averaged per sample over the latent cells its mask keeps (``masks``: ``(M, 1, g, g)`` or ``None``)."""
     device = accelerator.device
     indices = torch.randint(0, len(latents["mean"]), (config.unet_batch_size,), generator=generator)
     mean = latents["mean"][indices]
@@ -398,8 +429,19 @@ def _unet_step(unet, latents, corpus, captions, scheduler, config: PretrainConfi
     with accelerator.autocast():
         prediction = unet(noisy.to(device), timesteps.to(device), context).sample
     target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(sample, noise, timesteps)
-    loss = F.mse_loss(prediction.float(), target.to(device), reduction="none").mean(dim=(1, 2, 3))
+    keep = None if masks is None else masks[indices].to(device)
+    loss = masked_mse(prediction.float(), target.to(device), keep)
     return (loss * min_snr_weights(scheduler, timesteps, config).to(device)).mean()
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean squared error ``(B,)`` of ``(B, C, h, w)`` tensors over the cells where ``keep``
+    ``(B, 1, h, w)`` is 1 (every cell when ``None``); a sample with no kept cell has loss 0."""
+    error = F.mse_loss(prediction, target, reduction="none")
+    if keep is None:
+        return error.mean(dim=(1, 2, 3))
+    kept = keep.sum(dim=(1, 2, 3)) * error.shape[1]
+    return (error * keep).sum(dim=(1, 2, 3)) / kept.clamp(min=1)
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, config: PretrainConfig) -> torch.Tensor:
@@ -413,4 +455,4 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, config: PretrainConfig) 
     return clipped / (snr + 1 if config.prediction_type == "v_prediction" else snr)
 
 
-__all__ = ["PretrainResult", "list_checkpoints", "min_snr_weights", "pretrain", "resolve_checkpoint"]
+__all__ = ["PretrainResult", "list_checkpoints", "masked_mse", "min_snr_weights", "pretrain", "resolve_checkpoint"]
