@@ -29,7 +29,7 @@ import numpy as np
 
 from iddm.config import config_to_dict, field, load_yaml
 from iddm.diffusion.loading import DEFAULT_MODEL, MICRO
-from iddm.evaluate.attacker import DEFAULT_BACKENDS
+from iddm.evaluate.attack_options import AttackerOptions
 from iddm.evaluate.cell_purification import purify_cells
 from iddm.evaluate.cells import (
     METHODS,
@@ -50,7 +50,7 @@ from iddm.evaluate.dataset import Identity, discover_dataset
 from iddm.evaluate.harness import default_probe_prompts, knows_one_prompt
 from iddm.evaluate.linkability import FaceSet, targeted_search
 from iddm.evaluate.plot import privacy_utility_plot
-from iddm.evaluate.purify import NO_PRETRAINED_BASE, default_purifiers, parse_purifiers
+from iddm.evaluate.purify import default_purifiers
 from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend
 from iddm.evaluate.report import json_safe
 from iddm.evaluate.results import CellFailure, CellRecord, csv_row, to_json
@@ -65,7 +65,7 @@ RESERVED_OPTIONS = {"photos", "output_dir", "privacy", "defense", "perturbation_
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(AttackerOptions):
     dataset: Path | None = field(
         None, help="Folder with one sub-folder of photos per identity (or the Anti-DreamBooth layout).", required=True
     )
@@ -92,10 +92,6 @@ class BenchmarkConfig:
         None, help="Training/generation resolution (default: 64 micro, model's own SD).", ge=16, le=4096
     )
     surrogates: list[str] = field(["sface", "facenet"], help="FR surrogates of the optimizer (white-box systems).")
-    backends: list[str] = field(DEFAULT_BACKENDS, help="FR systems of the attacker.")
-    mobilefacenet: Path | None = field(
-        None, help="MobileFaceNet.tflite (or its folder) for the 'mobilefacenet' backend (not shipped; see README)."
-    )
     num_images: int = field(8, help="Images generated per cell.", ge=1, le=100_000)
     prompts: list[str] = field(
         [],
@@ -111,20 +107,6 @@ class BenchmarkConfig:
     generation_seed: int = field(1000, help="Generation seed, shared by every cell (image i uses seed + i).", ge=0)
     num_inference_steps: int = field(25, help="DDIM steps for generation and validation grids.", ge=1, le=1000)
     guidance_scale: float | None = field(None, help="Classifier-free guidance (default: 7.5 for SD, 1 micro).", ge=0)
-    robustness: bool = field(
-        False, help="Also attack after JPEG 90/75/50, resize x0.5 and a blur of 1 and 2 px per 64 px of image side."
-    )
-    purify: bool = field(
-        False,
-        help="Also attack every cell after the attacker's purifiers (JPEG 30, blur, noisy upscaling, SDEdit with the "
-        "base model) and report the one that links best per cell (best-purifier columns).",
-    )
-    purifiers: list[str] | None = field(
-        None,
-        help="Purifiers as KIND:STRENGTH (jpeg:30, blur:2, noisy_upscale:0.5, sdedit:0.3); default: JPEG 30, blur "
-        "1/2/3, noisy upscaling x0.5/x0.25, and SDEdit 0.1/0.2/0.3/0.5 unless the base model is iddm:micro.",
-    )
-    purify_model: str | None = field(None, help="Base model SDEdit purifies with (default: --model).")
     clip_model: Path | None = field(None, help="Local folder of CLIP weights for the CLIP score (else null).")
     personalize_config: Path | None = field(
         None, help="YAML of further `iddm personalize` options for every run (e.g. round_steps, learning_rate)."
@@ -146,15 +128,7 @@ class BenchmarkConfig:
         problems = [] if self.levels else ["--levels needs at least one privacy level"]
         if not self.seeds:
             problems.append("--seeds needs at least one seed")
-        if self.purifiers is not None:
-            try:
-                parse_purifiers(self.purifiers)  # a strength out of range is refused before any work
-            except ValueError as err:
-                problems.append(str(err))
-        base = self.purify_model or self.model
-        if self.purify and any("sdedit" in p for p in self.purifiers or []) and base in NO_PRETRAINED_BASE:
-            problems.append(f"SDEdit purifiers need a pretrained base model; {base} has none (--purify_model)")
-        return problems
+        return problems + self.attacker_problems(self.model)
 
     @property
     def uses_ray(self) -> bool:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from iddm.config import field
+from iddm.evaluate.attack_options import AttackerOptions
 from iddm.evaluate.attacker import (
-    DEFAULT_BACKENDS,
     USER_LABEL,
     attacker_knowledge,
     linkability_by_backend,
@@ -29,7 +29,7 @@ from iddm.evaluate.attacker import (
     roles,
 )
 from iddm.evaluate.linkability import FaceSet, embed_groups, embed_images
-from iddm.evaluate.purify import PurifierFn, build_purifiers, default_purifiers, parse_purifiers, purification_attack
+from iddm.evaluate.purify import PurifierFn, build_purifiers, default_purifiers, purification_attack
 from iddm.evaluate.render import evaluate_html, evaluate_markdown
 from iddm.evaluate.results import EvaluateReport, Evaluation, PhotoSetSummary, Role, RunSummary, to_json
 from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS
@@ -49,7 +49,7 @@ DEFAULT_PROMPTS = [
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(AttackerOptions):
     images: Path | None = field(None, help="Folder of generated images to attack (or generate them with --model).")
     reference: Path | None = field(
         None, help="Folder of the user's real photos held out from training (the attacker's).", required=True
@@ -64,26 +64,6 @@ class EvaluateConfig:
         None,
         help="Output folder of the `iddm personalize` run: labels white-box FR systems, measures PSNR/SSIM, and "
         "adds the measured linkability to its model card.",
-    )
-    backends: list[str] = field(DEFAULT_BACKENDS, help="Face recognition systems of the attacker.")
-    mobilefacenet: Path | None = field(
-        None, help="MobileFaceNet.tflite (or its folder) for the 'mobilefacenet' backend (not shipped; see README)."
-    )
-    robustness: bool = field(
-        False, help="Also attack after JPEG 90/75/50, resize x0.5 and a blur of 1 and 2 px per 64 px of image side."
-    )
-    purify: bool = field(
-        False,
-        help="Also attack after each of the attacker's purifiers (JPEG 30, blur, noisy upscaling, SDEdit with the "
-        "base model) and report the one that links best.",
-    )
-    purifiers: list[str] | None = field(
-        None,
-        help="Purifiers as KIND:STRENGTH (jpeg:30, blur:2, noisy_upscale:0.5, sdedit:0.3); default: JPEG 30, blur "
-        "1/2/3, noisy upscaling x0.5/x0.25, and SDEdit 0.1/0.2/0.3/0.5 when the base model is known.",
-    )
-    purify_model: str | None = field(
-        None, help="Base model SDEdit purifies with (default: the base model of --model or --run_dir)."
     )
     model: str | None = field(None, help="Generate the images first from this model (a run folder or SD folder).")
     lora: Path | None = field(None, help="LoRA folder loaded onto --model for generation.")
@@ -104,12 +84,7 @@ class EvaluateConfig:
     def problems(self) -> list[str]:
         if (self.images is None) == (self.model is None):
             return ["give exactly one of --images (a folder of generated images) or --model (generate them)"]
-        if self.purifiers is not None:
-            try:
-                parse_purifiers(self.purifiers)  # a strength out of range is refused before any work
-            except ValueError as err:
-                return [str(err)]
-        return []
+        return self.attacker_problems()
 
 
 def evaluate_images(

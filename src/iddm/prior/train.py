@@ -295,6 +295,13 @@ class _Run:
         self.images = corpus.training_tensors(flip=config.flip)[0] if trains_vae else None
         grid = config.resolution // vae_factor(config)
         self.masks = corpus.latent_masks(grid, config.flip) if config.mask_padding else None
+        if self.masks is not None:
+            logger.info(
+                "Loss masks: %d of %d crops reach past their photo; %.1f%% of latent cells stay in the loss.",
+                int((self.masks < 1).flatten(1).any(dim=1).sum()),
+                len(self.masks),
+                100 * float(self.masks.mean()),
+            )
         self.latents: dict[str, torch.Tensor] | None = None
         self.ema = {name: p.detach().clone() for name, p in unet.named_parameters()}
         self.generator = torch.Generator().manual_seed(config.seed)
