@@ -12,6 +12,8 @@ Fréchet distance between its samples and held-out real faces.
 * Autoencoder: PSNR / SSIM of ``decode(encode(x))`` on aligned crops (the prior's resolution and margin) of people
   never seen in pretraining: the three held-out LFW people of ``data/faces`` and, with ``--corpus``, the 64
   held-out CFP people (frontal photos; ``benchmarks/cfp_eval_split.json``).
+* Layout: per prompt, the share of samples whose largest face sits where iddm's aligned crop puts one, and the
+  share with a second face (mirrored faces at the edges), beside the same shares on the held-out real crops.
 * Realism: the Fréchet distance between FaceNet embeddings of the first prompt's samples ("a photo of a person"
   for every prior iddm ships) and of those held-out crops (biased upward for small sets: compare priors at equal
   ``--samples_per_prompt``).
@@ -32,6 +34,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 import iddm.diffusion  # noqa: F401  (registers the 128-px prior's autoencoder class with diffusers)
+from iddm.diffusion.data import aligned_template
 from iddm.evaluate.linkability import embed_images
 from iddm.evaluate.quality import GRAY_COLOURFULNESS, colourfulness, frechet_distance, mean_psnr_ssim
 from iddm.faces import detect_faces, load_recognizer
@@ -42,6 +45,8 @@ from iddm.prior.data import aligned_crop
 from iddm.weights import PRIOR_NAMES, prior_path
 
 REPO = Path(__file__).resolve().parents[1]
+IN_PLACE = 0.08
+"""Mean landmark offset from the aligned template, as a share of the crop side, that still counts as in place."""
 
 
 def held_out_crops(corpus: Path | None, resolution: int, margin: float) -> dict[str, list[np.ndarray]]:
@@ -76,6 +81,20 @@ def reconstruct(pipeline: StableDiffusionPipeline, crops: list[np.ndarray]) -> l
         decoded = pipeline.vae.decode(latents).sample
         out.append(((decoded.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return list(np.concatenate(out))
+
+
+def face_layout(images: list[np.ndarray], resolution: int, margin: float) -> dict[str, float]:
+    """Where YuNet finds faces in aligned crops or samples of them: the share whose largest face sits where the
+    aligned crop puts a face (its five landmarks on average within ``IN_PLACE`` of the crop side from the template)
+    and the share with a second face (the mirrored faces and eyes a prior learns from mirror-padded crops)."""
+    template = aligned_template(resolution, margin)
+    in_place, second = [], []
+    for image in images:
+        faces = detect_faces(image)  # largest first
+        offset = np.linalg.norm(faces[0].landmarks - template, axis=1).mean() / resolution if faces else np.inf
+        in_place.append(offset <= IN_PLACE)
+        second.append(len(faces) > 1)
+    return {"share_face_in_place": float(np.mean(in_place)), "share_second_face": float(np.mean(second))}
 
 
 def prompts_of(info: dict) -> list[str]:
@@ -120,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             "face_detection_rate": float(np.mean([len(detect_faces(image)) > 0 for image in images])),
             "colourfulness": float(colour.mean()),
             "share_black_and_white": float((colour < GRAY_COLOURFULNESS).mean()),
+            **face_layout(images, resolution, margin),
         }
         print(prompt, per_prompt[prompt], flush=True)
         samples.append(images)
@@ -128,11 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
     save_png(REPO / "docs/images" / f"{args.name}_samples.png", make_grid(rows, columns=8))
 
     crops = held_out_crops(args.corpus, resolution, margin)
-    autoencoder = {}
+    autoencoder, layouts = {}, {}
     for key, real in crops.items():
         rebuilt = reconstruct(pipeline, real)
         psnr_db, ssim_value = mean_psnr_ssim(real, rebuilt)
         autoencoder[key] = {"num": len(real), "psnr_db": psnr_db, "ssim": ssim_value}
+        layouts[key] = face_layout(real, resolution, margin)  # the same measure on real crops, for reference
         if key == "lfw":
             save_png(REPO / "docs/images" / f"{args.name}_autoencoder.png", make_grid(real[::15] + rebuilt[::15], 10))
     facenet = load_recognizer("facenet")
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds_per_sample": seconds / sum(len(images) for images in samples),
         },
         "autoencoder_held_out": autoencoder,
+        "face_layout_held_out": layouts,
         "frechet_distance_facenet": {
             "prompt": prompts[0],
             "value": frechet_distance(sample_faces.embeddings[facenet.name], real_faces.embeddings[facenet.name]),
