@@ -286,9 +286,36 @@ def benchmark_out(dataset, personalize_yaml, tmp_path_factory) -> Path:
     return out
 
 
+def test_side_by_side_shows_every_person_and_cell_in_line(benchmark_out):
+    cells = json.loads((benchmark_out / "results.json").read_text())["cells"]
+    generation = np.asarray(Image.open(benchmark_out / cells[0]["images_dir"] / "image_0000.png").convert("RGB"))
+    side, pad = generation.shape[0], 2
+    columns = 2 + 4 + (len(METHODS) - 1) * (1 + 4)  # clean crops, vanilla, then per defense a crop and generations
+    figure = np.asarray(Image.open(benchmark_out / "side_by_side.png").convert("RGB"))
+    assert figure.shape == (3 * (side + pad) + pad, columns * (side + pad) + pad, 3)
+
+    def tile(row: int, column: int) -> np.ndarray:
+        top, left = pad + row * (side + pad), pad + column * (side + pad)
+        return figure[top : top + side, left : left + side]
+
+    identities = list(dict.fromkeys(cell["identity"] for cell in cells))
+    for row, identity in enumerate(identities):
+        by_method = {cell["method"]: cell for cell in cells if cell["identity"] == identity}
+        vanilla = np.asarray(Image.open(benchmark_out / by_method["vanilla"]["images_dir"] / "image_0000.png"))
+        assert np.array_equal(tile(row, 2), vanilla[..., :3])
+        decoupled = sorted((benchmark_out / by_method["iddm"]["run_dir"] / "private" / "decoupled_photos").glob("*"))
+        assert np.array_equal(tile(row, 2 + 4 + METHODS.index("iddm") * 5 - 5), np.asarray(Image.open(decoupled[0])))
+        assert tile(row, 0).std() > 10  # a clean crop, not a blank tile
+    assert (
+        "side_by_side.png: one row per identity: 2 clean training crops; vanilla: 4 generations"
+        in (benchmark_out / "results.md").read_text()
+    )
+
+
 def test_benchmark_writes_every_artifact(benchmark_out):
     out = benchmark_out
-    for name in ("results.csv", "results.json", "results.md", "privacy_utility.png", "report.html", "benchmark.json"):
+    names = ("results.csv", "results.json", "results.md", "privacy_utility.png", "report.html", "benchmark.json")
+    for name in (*names, "side_by_side.png"):
         assert (out / name).is_file(), name
     with Image.open(out / "privacy_utility.png") as plot:
         assert plot.format == "PNG" and plot.size[0] >= 800

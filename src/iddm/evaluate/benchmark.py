@@ -54,12 +54,14 @@ from iddm.evaluate.purify import default_purifiers
 from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend
 from iddm.evaluate.report import json_safe
 from iddm.evaluate.results import CellFailure, CellRecord, csv_row, to_json
+from iddm.evaluate.side_by_side import column_labels, side_by_side
 from iddm.faces.mobilefacenet import use_model_path
-from iddm.images import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
+from iddm.images import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir, save_png
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "benchmark.json"
+SIDE_BY_SIDE_FILE = "side_by_side.png"
 RESERVED_OPTIONS = {"photos", "output_dir", "privacy", "defense", "perturbation_from", "overwrite"}
 """``iddm personalize`` options the benchmark sets per cell: not allowed in ``--personalize_config``."""
 
@@ -247,7 +249,8 @@ def write_results(
     settings: dict,
     output_dir: Path,
 ) -> None:
-    """``results.json``, ``results.csv``, ``results.md``, ``privacy_utility.png`` and ``report.html``."""
+    """``results.json``, ``results.csv``, ``results.md``, ``privacy_utility.png``, ``side_by_side.png`` and
+    ``report.html``."""
     records = [o for o in outcomes if isinstance(o, CellRecord)]
     failures = [o for o in outcomes if isinstance(o, CellFailure)]
     results = {
@@ -272,6 +275,9 @@ def write_results(
     atomic_write_text(output_dir / "results.md", benchmark_markdown(rows, records, failures, keys, notes))
     plot = privacy_utility_plot(aggregate(rows), headline)
     atomic_write_bytes(output_dir / "privacy_utility.png", plot)
+    figure = side_by_side(records, output_dir)
+    if figure is not None:
+        save_png(output_dir / SIDE_BY_SIDE_FILE, figure)
     photos = {i.name: (i.train, i.reference) for i in identities}
     atomic_write_text(
         output_dir / "report.html", benchmark_html(records, failures, rows, keys, notes, plot, photos, output_dir)
@@ -294,6 +300,7 @@ def _notes(config: BenchmarkConfig, headline: str, records: Sequence[CellRecord]
         f"neighbour, where the pool holds other people's real photos (a domain confound). Here: {sorted(pools)}.",
         "face det. = 1 - FDFR of the generations; BRISQUE: lower = better; PSNR/SSIM: training photos X+δ vs X; "
         "SSIM→vanilla: generations vs the vanilla model's with the same seeds.",
+        f"{SIDE_BY_SIDE_FILE}: one row per identity: {column_labels(records)}.",
     ]
     if config.model == MICRO and (config.max_train_steps or 1500) < 1000:
         notes.append(
