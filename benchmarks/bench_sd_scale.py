@@ -18,7 +18,12 @@ Peak memory is that of the personalization loop, above the loaded model and as a
 
 * CUDA: ``torch.cuda.max_memory_allocated`` (reset once the run's models are loaded);
 * CPU: the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` once the run's models
-  are loaded) measured at the end of the last step, before the final save (which serializes the weights).
+  are loaded) measured at the end of the last step, before the final save (which serializes the weights). glibc's
+  malloc keeps freed blocks below its (dynamic, up to 32 MiB) mmap threshold in the resident set, so by default
+  the peak resident set of a run that frees and reallocates many large tensors counts memory no tensor holds any
+  more (measured at 512 px: IDDM's peak 2.05x vanilla's that way). Each run therefore sets the threshold to
+  ``MMAP_THRESHOLD`` (``mallopt``): every tensor above it gets its own mapping, returned when freed, and the
+  resident set follows live memory, as CUDA's allocated bytes do. ``--malloc_defaults`` keeps glibc's defaults.
 
 ``peak memory x vanilla`` divides the whole-process peak (model included, what a GPU must hold) by vanilla
 LoRA's; ``growth x vanilla`` divides the growth above the loaded model. Time per step is the median of the
@@ -53,6 +58,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "tests" / "fixtures" / "photos"
+MMAP_THRESHOLD = 64 * 1024
+"""Bytes above which a CPU run's allocations are mapped separately (see the module doc)."""
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number of the mmap threshold."""
 TOKENIZER_FALLBACK = REPO / ".gpu_wheels" / "clip_tokenizer"
 """A saved copy of iddm's CLIP tokenizer, used only if building it fails where the benchmark runs."""
 
@@ -315,6 +324,11 @@ def build(folder: Path, tiny: bool, resolution: int | None) -> int:
 def child(spec_file: Path) -> int:
     """Run one spec in this (fresh) process and print its record as the last line of stdout."""
     spec = json.loads(spec_file.read_text())
+    if spec["device"] == "cpu" and not spec.get("malloc_defaults"):
+        import ctypes
+
+        if ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+            raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: rerun with --malloc_defaults.")
     torch.set_num_threads(spec["threads"])
     from transformers.utils import logging as transformers_logging
 
@@ -605,6 +619,8 @@ def main() -> int:
     parser.add_argument("--gradient_checkpointing", action="store_true", help="UNet gradient checkpointing in "
                         "every run (DreamBooth always has it).")  # fmt: skip
     parser.add_argument("--train_batch_size", type=int, default=1, help="Photos per personalization step.")
+    parser.add_argument("--malloc_defaults", action="store_true", help="CPU: keep glibc's malloc settings (the "
+                        "peak resident set then counts freed memory malloc kept; see the module doc).")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's).")
     parser.add_argument("--runs", nargs="+", default=list(RUNS[1:]), choices=RUNS, help="Runs, in this order.")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds a run may take before it is stopped.")
@@ -690,7 +706,7 @@ def main() -> int:
             values = {**base, **overrides, "output_dir": str(work / f"out-{name}")}
             kind = "diffusers" if name == "diffusers_lora" else "iddm"
             spec = {"name": name, "kind": kind, "device": device, "threads": threads, "values": values,
-                    "overrides": overrides}  # fmt: skip
+                    "overrides": overrides, "malloc_defaults": args.malloc_defaults}  # fmt: skip
             payload["runs"][name] = spawn(spec, work, args.timeout)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -701,6 +717,8 @@ def main() -> int:
             shutil.rmtree(model, ignore_errors=True)
 
     gc_note = ", UNet gradient checkpointing in every run" if args.gradient_checkpointing else ""
+    if device == "cpu":
+        gc_note += ", glibc malloc defaults" if args.malloc_defaults else f", malloc mmap threshold {MMAP_THRESHOLD} B"
     header = (
         f"iddm at Stable Diffusion {'(tiny random) ' if args.tiny else '1.5 size (random weights) '}scale: "
         f"{resolution} px, batch {args.train_batch_size}, {mixed} mixed precision{gc_note}, {env['gpu']} ({device}, "

@@ -56,15 +56,20 @@ def test_memory_saving_gives_the_same_perturbation_on_tiny_stable_diffusion(phot
     seen = []
     decode = backbone.to_image_space
 
+    resnet = next(m for m in backbone.vae.decoder.modules() if type(m).__name__ == "ResnetBlock2D")
+
     def spy(latents):
-        seen.append((backbone.unet.is_gradient_checkpointing, backbone.vae.is_gradient_checkpointing,
-                     backbone.vae.use_slicing))  # fmt: skip
+        seen.append((backbone.unet.is_gradient_checkpointing, "forward" in vars(resnet), backbone.vae.use_slicing,
+                     len(latents)))  # fmt: skip
         return decode(latents)
 
     monkeypatch.setattr(backbone, "to_image_space", spy)
     old_record, old = _round(backbone, photos64, saving=False)
     new_record, new = _round(backbone, photos64, saving=True)
-    assert seen == [(False, False, False)] * 2 + [(True, True, True)] * 2  # x̂0 decoded under the switches
+    count = len(photos64.images)
+    # Without the saving: x̂0 of all photos decoded once per data step. With it: photo by photo, under every switch,
+    # and again in the backward pass (the checkpointed decode is recomputed).
+    assert seen == [(False, False, False, count)] * 2 + [(True, True, True, 1)] * (2 * 2 * count)
     assert set(old) == {"delta", "flow"}  # high privacy: δ and the warp
     assert old["delta"].abs().max() > 0 and old["flow"].abs().max() > 0
     for name in old:
@@ -74,7 +79,7 @@ def test_memory_saving_gives_the_same_perturbation_on_tiny_stable_diffusion(phot
         assert new_record[key] == pytest.approx(old_record[key], rel=1e-5, abs=1e-6)
     # Nothing is left switched on for the personalization steps that follow.
     assert not backbone.unet.is_gradient_checkpointing and not backbone.vae.is_gradient_checkpointing
-    assert not backbone.vae.use_slicing
+    assert not backbone.vae.use_slicing and "forward" not in vars(resnet) and backbone.to_image_space is spy
 
 
 def test_memory_saving_gives_the_same_gradient_through_jitter_and_jpeg(photos64):
@@ -103,12 +108,15 @@ def test_memory_saving_gives_the_same_gradient_through_jitter_and_jpeg(photos64)
 def test_a_failing_step_restores_the_switches_and_user_switches_stay_on():
     backbone = _tiny_sd_lora()
     backbone.unet.enable_gradient_checkpointing()  # --gradient_checkpointing
+    layers = [m for m in backbone.vae.modules() if type(m).__name__ in ("ResnetBlock2D", "Attention", "Upsample2D")]
+    decode = backbone.to_image_space
     with pytest.raises(RuntimeError, match="boom"), low_memory_data_step(backbone) as names:
-        assert names == ["vae gradient checkpointing", "vae slicing"]
-        assert backbone.vae.is_gradient_checkpointing and backbone.vae.use_slicing
+        assert names == ["vae layer checkpointing", "x0 decoded photo by photo", "vae slicing"]
+        assert all("forward" in vars(layer) for layer in layers) and backbone.vae.use_slicing
+        assert backbone.to_image_space is not decode
         raise RuntimeError("boom")
-    assert backbone.unet.is_gradient_checkpointing and not backbone.vae.is_gradient_checkpointing
-    assert not backbone.vae.use_slicing
+    assert backbone.unet.is_gradient_checkpointing and not any("forward" in vars(layer) for layer in layers)
+    assert not backbone.vae.use_slicing and backbone.to_image_space == decode
 
 
 def test_the_pixel_backbone_checkpoints_its_unet_only_and_keeps_its_result(photos64):
