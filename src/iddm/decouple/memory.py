@@ -12,9 +12,9 @@ decoder's last blocks alone hold several 128-channel 512x512 maps per photo and 
 * checkpointing of the VAE layer by layer (each ResNet block, attention, up- and downsampler): diffusers' own
   VAE checkpointing recomputes a whole up-block in the backward pass, and the decoder's last ones hold a dozen
   256- and 128-channel maps at full resolution at once (measured at 512 px: the largest part of the peak);
-* the decoding of x̂0 checkpointed photo by photo, so that only one photo's decoder activations exist at a time
-  (the decoder runs once more per data step);
-* VAE slicing (the VAE encodes one photo at a time).
+* the VAE's encoder and decoder checkpointed as wholes too, with VAE slicing (one photo at a time): until the
+  backward pass reaches a photo, only its input is kept, and then only one photo's layer inputs exist at a time
+  (each runs once more per data step).
 
 Every random draw (VAE posterior noise, diffusion noise, timesteps, EOT) stays where it was, on the same
 generator and in the same order, and the models are deterministic in eval mode: δ is the same as without the
@@ -65,12 +65,6 @@ def _override(owner: object, name: str, value: Callable) -> Callable[[], None]:
     return restore
 
 
-def _decode_photo_by_photo(decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``decode`` of latents ``(N, C, h, w)`` one photo at a time, each checkpointed."""
-    one = _checkpointed(decode)
-    return lambda latents: torch.cat([one(latents[i : i + 1]) for i in range(len(latents))])
-
-
 @contextmanager
 def low_memory_data_step(backbone: Backbone, enabled: bool = True) -> Iterator[list[str]]:
     """Within the block: the switches of the module doc.
@@ -89,10 +83,9 @@ def low_memory_data_step(backbone: Backbone, enabled: bool = True) -> Iterator[l
             names.append("unet gradient checkpointing")
         layers = [m for m in vae.modules() if type(m).__name__ in VAE_LAYERS] if vae is not None else []
         if layers and not getattr(vae, "is_gradient_checkpointing", False):
-            undo += [_override(layer, "forward", _checkpointed(layer.forward)) for layer in layers]
+            wholes = [part for part in (getattr(vae, "encoder", None), getattr(vae, "decoder", None)) if part]
+            undo += [_override(m, "forward", _checkpointed(m.forward)) for m in layers + wholes]
             names.append("vae layer checkpointing")
-            undo.append(_override(backbone, "to_image_space", _decode_photo_by_photo(backbone.to_image_space)))
-            names.append("x0 decoded photo by photo")
         if vae is not None and hasattr(vae, "enable_slicing") and not getattr(vae, "use_slicing", True):
             vae.enable_slicing()
             undo.append(vae.disable_slicing)
