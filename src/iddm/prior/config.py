@@ -125,7 +125,8 @@ class PretrainConfig:
     init_from: str | None = field(
         None,
         help="Start the UNet from this prior's weights (a shipped name such as 'iddm:face-prior-128' or a prior "
-        "folder) instead of a random init: fine-tuning. Its architecture and text encoder must match these options.",
+        "folder) instead of a random init: fine-tuning, with autoencoder 'taef2' (frozen, so the latents match). "
+        "Its UNet architecture must match these options; its frozen text encoder is taken as it is.",
     )
     snr_gamma: float | None = field(
         5.0,

@@ -107,6 +107,8 @@ def _check_config(config: PretrainConfig) -> Path:
         raise ValueError(f"--label_dropout must be in [0, 1), got {config.label_dropout}.")
     if config.snr_gamma is not None and config.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive (or empty for plain MSE), got {config.snr_gamma}.")
+    if config.init_from is not None and config.autoencoder != "taef2":
+        raise ValueError("--init_from needs --autoencoder taef2: a retrained autoencoder has other latents.")
     if config.init_from is not None:
         _init_files(config.init_from)  # a missing prior stops here, before the corpus is read
     if config.held_out_cfp < 0:
