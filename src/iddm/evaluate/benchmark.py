@@ -81,7 +81,8 @@ class BenchmarkConfig(AttackerOptions):
     model: str = field(
         DEFAULT_MODEL,
         help="Base model to personalize: 'iddm:face-prior' (the default shipped offline prior), "
-        "'iddm:face-prior-64' (the shipped prior by its own name), 'iddm:micro' (the pixel "
+        "'iddm:face-prior-64' (that prior by its own name), 'iddm:face-prior-128' (the 128-px colour prior), "
+        "'iddm:micro' (the pixel "
         "backbone trained from scratch), a diffusers folder or a hub id.",
     )
     max_train_steps: int | None = field(
