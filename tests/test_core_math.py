@@ -18,7 +18,7 @@ from iddm.decouple import ObjectiveInputs, build_data_optimizer, identity_terms,
 from iddm.decouple.objective import aspl_objective, warp
 from iddm.decouple.transforms import EOT_TRANSFORMS, differentiable_jpeg, jitter_faces, sample_transform
 from iddm.diffusion import PixelBackbone, prepare_photos
-from iddm.diffusion.objectives import predicted_x0, training_target, uniform_timesteps
+from iddm.diffusion.objectives import latent_keep_mask, predicted_x0, training_target, uniform_timesteps
 from iddm.faces import detect_single_face, impostor_statistics
 from iddm.images import load_photo
 from iddm.schedule import PersonalizeConfig, personalize
@@ -220,3 +220,39 @@ def test_stage2_model_side_term_changes_training(train_dir, tmp_path):
         personalize(build_config(PersonalizeConfig, {**common, "output_dir": tmp_path / name, "lambda_model": weight}))
     weights = [load_file(tmp_path / n / "model/unet/diffusion_pytorch_model.safetensors") for n in ("without", "with")]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_latent_keep_mask_drops_cells_that_touch_uncovered_pixels():
+    coverage = torch.ones(2, 1, 16, 16)
+    coverage[0, :, :3] = 0  # the top three pixel rows: mirrored border
+    coverage[1, :, :, -1] = 0
+    keep = latent_keep_mask(coverage, (4, 4))
+    assert keep.shape == (2, 1, 4, 4)
+    assert keep[0, 0, 0].eq(0).all() and keep[0, 0, 1:].eq(1).all()
+    assert keep[1, 0, :, -1].eq(0).all() and keep[1, 0, :, :-1].eq(1).all()
+    with pytest.raises(ValueError, match="does not divide 16x16"):
+        latent_keep_mask(coverage, (3, 3))
+
+
+def test_training_loss_ignores_errors_on_the_mirrored_border():
+    backbone = PixelBackbone.from_scratch(32)
+    images = torch.rand(2, 3, 32, 32)
+    oracle = OracleUNet(images * 2 - 1, backbone.noise_scheduler.alphas_cumprod, "epsilon")
+
+    def wrong_on_top(noisy, timesteps, hidden_states):
+        output = OracleUNet.forward(oracle, noisy, timesteps, hidden_states)
+        output.sample[:, :, :8] += 1.0  # errs only where the crop is mirrored border
+        return output
+
+    backbone.unet = oracle
+    oracle.forward = wrong_on_top
+    conditioning = backbone.encode_prompts(["p"] * 2)
+    coverage = torch.ones(2, 1, 32, 32)
+    coverage[:, :, :8] = 0
+
+    def loss(cover):
+        return backbone.training_loss(images, conditioning, torch.Generator().manual_seed(0), coverage=cover)
+
+    assert loss(None).min() > 0.2
+    assert loss(coverage).max() < 1e-6
+    torch.testing.assert_close(loss(torch.ones(2, 1, 32, 32)), loss(None))

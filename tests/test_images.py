@@ -625,3 +625,24 @@ def test_prepare_photos_portrait_crop(obama_folder):
     assert ((landmarks >= 0) & (landmarks < 48)).all()
     # The face sits in the middle of a square 2.2 times its size.
     assert np.abs(landmarks.mean(axis=1) - 24).max() < 8
+
+
+def test_prepare_photos_marks_the_mirrored_border_of_a_tight_photo(tmp_path, photos_dir):
+    from iddm.diffusion.data import crop_coverage, prepare_photos
+    from iddm.faces import detect_single_face
+
+    photo = load_photo(photos_dir / "obama_1.jpg")
+    face = detect_single_face(photo)
+    x, y, w, h = (int(v) for v in face.box)
+    tight = photo[max(y - h // 10, 0) : y + h + h // 10, max(x - w // 10, 0) : x + w + w // 10]
+    (tmp_path / "tight").mkdir()
+    Image.fromarray(tight).save(tmp_path / "tight" / "tight.png")
+    photos = prepare_photos(tmp_path / "tight", resolution=64, min_photos=1)
+    coverage = photos.coverage[0, 0].bool().numpy()
+    # The aligned crop zooms out around the face: a photo cut at the face box leaves its top and sides mirrored.
+    assert coverage.shape == (64, 64) and 0.3 < coverage.mean() < 0.95
+    assert not coverage[0].any() and coverage[32, 32]
+    shutil.copy(photos_dir / "obama_1.jpg", tmp_path / "obama_1.jpg")
+    whole = prepare_photos(tmp_path, resolution=64, min_photos=1)
+    assert whole.coverage.mean() > coverage.mean()
+    np.testing.assert_array_equal(crop_coverage(tight.shape, np.eye(2, 3), 8), np.ones((8, 8), bool))

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from iddm.cli import main
 from iddm.config import build_config, config_from_namespace
 from iddm.diffusion.data import aligned_template, crop_coverage, warp_crop
+from iddm.diffusion.objectives import masked_mse
 from iddm.faces import detect_single_face, similarity_transform
 from iddm.images import load_photo
 from iddm.prior import (
@@ -31,7 +32,7 @@ from iddm.prior import (
 )
 from iddm.prior.cli import add_commands
 from iddm.prior.data import find_identities, is_excluded, load_corpus
-from iddm.prior.train import list_checkpoints, masked_mse, min_snr_weights
+from iddm.prior.train import list_checkpoints, min_snr_weights
 from iddm.weights import prior_path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from iddm.diffusion.objectives import predicted_x0, training_target, uniform_timesteps
+from iddm.diffusion.objectives import (
+    latent_keep_mask,
+    masked_mse,
+    predicted_x0,
+    training_target,
+    uniform_timesteps,
+)
 
 INSTANCE_PROMPT = "a photo of sks person"
 """The default prompt that names the person (diffusers' DreamBooth convention)."""
@@ -199,12 +204,15 @@ class Backbone(ABC):
         generator: torch.Generator,
         noise_offset: float = 0.0,
         snr_gamma: float | None = None,
+        coverage: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sample denoising loss ``(N,)`` for images ``(N, 3, H, W)`` in ``[0, 1]``.
 
         Noise and timesteps are drawn on the CPU ``generator`` so runs reproduce across devices.
         ``noise_offset`` adds per-channel offset noise (Guttenberg 2023); ``snr_gamma`` applies
-        min-SNR-γ loss weighting (Hang et al. 2023), as diffusers' training scripts do.
+        min-SNR-γ loss weighting (Hang et al. 2023), as diffusers' training scripts do. ``coverage``
+        ``(N, 1, H, W)`` in ``{0, 1}`` leaves out the latent cells that touch a crop's mirrored border
+        (:func:`~iddm.diffusion.objectives.latent_keep_mask`).
         """
         latents = self.to_diffusion_space(images, generator=generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
@@ -216,7 +224,8 @@ class Backbone(ABC):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = self.predict(noisy, timesteps, conditioning)
         target = training_target(self.prediction_type, latents, noise, self._alpha_bar(timesteps))
-        loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        keep = None if coverage is None else latent_keep_mask(coverage, latents.shape[-2:])
+        loss = masked_mse(prediction, target, keep)
         if snr_gamma is not None:
             from diffusers.training_utils import compute_snr
 

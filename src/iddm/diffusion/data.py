@@ -28,11 +28,14 @@ class TrainingPhotos:
         landmarks: ``(N, 5, 2)`` float32 face landmarks in the pixel coordinates of ``images``
             (detected once on the clean photos; IDDM's differentiable alignment uses them).
         paths: the source photo of each image.
+        coverage: ``(N, 1, R, R)`` float32, 1 where a pixel comes from inside the photo and 0 on the crop's
+            mirrored border (:func:`crop_coverage`); ``None`` when unknown (all pixels count).
     """
 
     images: torch.Tensor
     landmarks: torch.Tensor
     paths: list[Path]
+    coverage: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -118,7 +121,7 @@ def prepare_photos(
     """
     crop = crop or "aligned"
     paths = list_photos(folder, min_photos=min_photos)
-    images, landmarks, used, problems = [], [], [], []
+    images, landmarks, coverage, used, problems = [], [], [], [], []
     for path in paths:
         try:
             photo = load_photo(path)
@@ -131,6 +134,7 @@ def prepare_photos(
         else:
             matrix = portrait_matrix(face.box, resolution, portrait_zoom)
         images.append(to_tensor(warp_crop(photo, matrix, resolution)))
+        coverage.append(torch.from_numpy(crop_coverage(photo.shape, matrix, resolution)).float().unsqueeze(0))
         landmarks.append(torch.from_numpy(transform_points(matrix, face.landmarks)).float())
         used.append(path)
     if problems and not skip_bad_photos:
@@ -141,7 +145,9 @@ def prepare_photos(
         logger.warning("Skipping photo: %s", problem)
     if len(used) < min_photos:
         raise PhotoError(f"{folder}: {len(used)} usable photo(s) with a face; at least {min_photos} are needed.")
-    return TrainingPhotos(images=torch.stack(images), landmarks=torch.stack(landmarks), paths=used)
+    return TrainingPhotos(
+        images=torch.stack(images), landmarks=torch.stack(landmarks), paths=used, coverage=torch.stack(coverage)
+    )
 
 
 IDENTITY_CHECK_MODELS = ("sface", "facenet")

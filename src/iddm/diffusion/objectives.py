@@ -9,6 +9,7 @@ Salimans & Ho 2022) or ``sample`` (x0 itself).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -53,3 +54,28 @@ def uniform_timesteps(count: int, high: int, generator: torch.Generator) -> torc
     if high < 1:
         raise ValueError(f"Cannot draw timesteps below {high}; it must be >= 1.")
     return torch.randint(0, high, (count,), generator=generator)
+
+
+def latent_keep_mask(coverage: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Which latent cells to train on: ``(N, 1, h, w)`` float, 1 where the cell's whole pixel block is covered.
+
+    ``coverage``: ``(N, 1, H, W)`` in ``{0, 1}``, 1 for pixels that come from inside the photo (not a crop's
+    mirrored border); ``grid`` ``(h, w)`` must divide ``(H, W)``. A cell that touches the border is left out: the
+    border repeats the face's own features (a second row of eyes) that a model would otherwise learn to draw.
+    """
+    height, width = coverage.shape[-2:]
+    if height % grid[0] or width % grid[1]:
+        raise ValueError(f"A latent grid of {tuple(grid)} does not divide {height}x{width}-px crops.")
+    block = (height // grid[0], width // grid[1])
+    return -F.max_pool2d(-coverage.float(), kernel_size=block, stride=block)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean squared error ``(B,)`` of ``(B, C, h, w)`` tensors over the cells where ``keep``
+    ``(B, 1, h, w)`` is 1 (every cell when ``None``); a sample with no kept cell has loss 0."""
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if keep is None:
+        return error.mean(dim=(1, 2, 3))
+    keep = keep.to(error.device, error.dtype)
+    kept = keep.sum(dim=(1, 2, 3)) * error.shape[1]
+    return (error * keep).sum(dim=(1, 2, 3)) / kept.clamp(min=1)

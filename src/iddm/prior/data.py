@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from iddm.diffusion.data import aligned_template, crop_coverage, to_tensor, warp_crop
+from iddm.diffusion.objectives import latent_keep_mask
 from iddm.faces import detect_faces, select_single_face, similarity_transform
 from iddm.images import IMAGE_EXTENSIONS, PhotoError, file_sha256, load_photo
 from iddm.prior.captions import labels_from_path
@@ -102,12 +103,8 @@ class Corpus:
         """
         if self.coverage is None:
             raise ValueError("This corpus was built without crop coverage; load it with load_corpus.")
-        count, side = self.coverage.shape[:2]
-        if side % grid:
-            raise ValueError(f"A latent grid of {grid} does not divide {side}-px crops.")
-        block = side // grid
-        cells = self.coverage.reshape(count, grid, block, grid, block).all(axis=(2, 4))
-        masks = torch.from_numpy(cells).float().unsqueeze(1)
+        coverage = torch.from_numpy(self.coverage).unsqueeze(1)
+        masks = latent_keep_mask(coverage, (grid, grid))
         return torch.stack([masks, masks.flip(-1)], dim=1).flatten(0, 1) if flip else masks
 
 

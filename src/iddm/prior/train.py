@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from iddm.checkpoints import list_checkpoints, resolve_checkpoint, write_checkpoint
 from iddm.diffusion.accelerator import fresh_accelerator
+from iddm.diffusion.objectives import masked_mse
 from iddm.diffusion.tiny import build_clip_tokenizer
 from iddm.images import check_writable_location, ensure_writable_dir
 from iddm.prior.captions import CaptionBank, batch_captions
@@ -443,16 +443,6 @@ def _unet_step(unet, latents, masks, corpus, captions, scheduler, config: Pretra
     return (loss * min_snr_weights(scheduler, timesteps, config).to(device)).mean()
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample mean squared error ``(B,)`` of ``(B, C, h, w)`` tensors over the cells where ``keep``
-    ``(B, 1, h, w)`` is 1 (every cell when ``None``); a sample with no kept cell has loss 0."""
-    error = F.mse_loss(prediction, target, reduction="none")
-    if keep is None:
-        return error.mean(dim=(1, 2, 3))
-    kept = keep.sum(dim=(1, 2, 3)) * error.shape[1]
-    return (error * keep).sum(dim=(1, 2, 3)) / kept.clamp(min=1)
-
-
 def min_snr_weights(scheduler, timesteps: torch.Tensor, config: PretrainConfig) -> torch.Tensor:
     """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023), shape ``(batch,)``: ``min(SNR, gamma)`` over
     ``SNR`` (epsilon) or ``SNR + 1`` (v-prediction), so that the easy low-noise steps stop dominating; ones when
@@ -464,4 +454,4 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, config: PretrainConfig) 
     return clipped / (snr + 1 if config.prediction_type == "v_prediction" else snr)
 
 
-__all__ = ["PretrainResult", "list_checkpoints", "masked_mse", "min_snr_weights", "pretrain", "resolve_checkpoint"]
+__all__ = ["PretrainResult", "list_checkpoints", "min_snr_weights", "pretrain", "resolve_checkpoint"]

@@ -72,6 +72,11 @@ class PersonalizeConfig:
         True, help="diffusers' flag, accepted for compatibility: iddm's crops are always centred on the detected face."
     )
     random_flip: bool = field(False, help="Flip training images horizontally at random (augmentation).")
+    mask_padding: bool = field(
+        True,
+        help="Leave the latent cells that touch a crop's mirrored border (pixels from outside a tight photo) out of "
+        "the denoising loss, so the model does not learn to draw the mirrored features (a second row of eyes).",
+    )
     train_batch_size: int = field(4, help="Images per personalization step (per device).", ge=1, le=1024)
     gradient_accumulation_steps: int = field(1, help="Micro-batches accumulated per optimizer step.", ge=1)
     max_train_steps: int | None = field(

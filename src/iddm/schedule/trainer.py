@@ -111,6 +111,8 @@ class Trainer:
             self.privacy.data_steps if self.privacy.alternates and config.perturbation_from is None else 0,
         )
         self.clean = self.photos.images.to(self.accelerator.device)
+        coverage = self.photos.coverage if config.mask_padding else None
+        self.coverage = None if coverage is None else coverage.to(self.accelerator.device)
         self.data_optimizer: DataOptimizer | None = None
         if self.privacy.enabled or config.perturbation_from is not None:
             self.data_optimizer = build_data_optimizer(self.privacy, self.photos, self.accelerator.device)
@@ -197,11 +199,15 @@ class Trainer:
         indices = torch.randint(0, len(images), (size * self.accelerator.num_processes,), generator=state.generator)
         indices = indices[rank * size : (rank + 1) * size]
         batch = images[indices.to(images.device)]
+        coverage = None if self.coverage is None else self.coverage[indices.to(images.device)]
         if config.random_flip:
-            flip = torch.rand(len(batch), generator=state.generator) < 0.5
-            batch = torch.where(flip.view(-1, 1, 1, 1).to(batch.device), batch.flip(-1), batch)
+            flip = (torch.rand(len(batch), generator=state.generator) < 0.5).view(-1, 1, 1, 1).to(batch.device)
+            batch = torch.where(flip, batch.flip(-1), batch)
+            coverage = None if coverage is None else torch.where(flip, coverage.flip(-1), coverage)
         conditioning = self._conditioning(0, self.prompts)
-        loss = backbone.training_loss(batch, conditioning, state.generator, config.noise_offset, config.snr_gamma)
+        loss = backbone.training_loss(
+            batch, conditioning, state.generator, config.noise_offset, config.snr_gamma, coverage
+        )
         loss = loss.mean()
         if self.class_images is not None:
             picks = torch.randint(0, len(self.class_images), (config.train_batch_size,), generator=state.generator)
