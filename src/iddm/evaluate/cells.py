@@ -235,8 +235,8 @@ def with_ssim_to_vanilla(record: CellRecord, output_dir: Path) -> CellRecord:
     """``record`` with SSIM→vanilla (and ``utility.face``'s vanilla comparison) filled in when its cell finished
     before the identity's vanilla cell did.
 
-    Cells run in parallel in any order (longest first on Ray), so the vanilla generations may not have existed
-    when the cell was evaluated; they do once every cell is done.
+    Cells run in parallel (on Ray, identity by identity, longest first within one), so the vanilla generations may
+    not have existed when the cell was evaluated; they do once every cell is done.
     """
     face = record.utility.face
     needs_face = face is not None and face.vanilla is None

@@ -95,7 +95,8 @@ COST_PER_METHOD = {"vanilla": 1.0, "noise": 1.0, "cloak": 1.2, "iddm": 1.5, "idd
 
 
 def expected_cost(cell: Cell, identity: Identity) -> float:
-    """Relative cost of a cell, for starting the longest first (the shortest makespan of greedy scheduling).
+    """Relative cost of a cell, for starting the longest of an identity's cells first (greedy scheduling's
+    shortest makespan).
 
     Data steps grow with the number of training photos; the training steps do not.
     """
@@ -143,7 +144,10 @@ def run_cells_on_ray(
         plan = replace(plan, torch_threads=cpus_per_cell)
         faces_ref = ray.put(dict(faces))
         by_name = {i.name: i for i in identities}
-        queue = sorted(cells, key=lambda c: expected_cost(c, by_name[c.identity]), reverse=True)
+        # Identity by identity, so that a run stopped halfway has whole identities to report and a rerun finishes
+        # the rest; within an identity, the longest cells first.
+        rank = {identity.name: i for i, identity in enumerate(identities)}
+        queue = sorted(cells, key=lambda c: (rank[c.identity], -expected_cost(c, by_name[c.identity])))
         limit = workers or len(cells)
         failed = 0
         with progress_bar(total=len(cells), desc="benchmark cells", unit="cell") as bar:
