@@ -15,7 +15,14 @@ from safetensors.torch import load_file
 
 from iddm.cli import main
 from iddm.config import build_config
-from iddm.diffusion import LORA_WEIGHT_NAME, build_clip_tokenizer, load_backbone, save_tiny_sd_pipeline
+from iddm.diffusion import (
+    LORA_WEIGHT_NAME,
+    LatentDistribution,
+    StableDiffusionBackbone,
+    build_clip_tokenizer,
+    load_backbone,
+    save_tiny_sd_pipeline,
+)
 from iddm.diffusion.export import KOHYA_WEIGHT_NAME
 from iddm.prior.defaults import RECOMMENDED_LORA
 from iddm.schedule import PersonalizeConfig, personalize
@@ -252,3 +259,29 @@ def test_unsupported_pipelines_and_unreachable_hub_ids_are_clear_errors(tiny_sd,
         load_backbone(other)
     with pytest.raises(ValueError, match="Cannot load 'no-such-org/no-such-model' from the Hugging Face hub"):
         load_backbone("no-such-org/no-such-model")
+
+
+def test_cached_latents_give_the_loss_of_encoding_each_batch(tiny_sd):
+    backbone = load_backbone(str(tiny_sd))
+    images = torch.rand(3, 3, backbone.resolution, backbone.resolution)
+    conditioning = backbone.encode_prompts(["a photo of sks person"] * 3)
+    encoded = LatentDistribution.cat([backbone.encode(images[:2]), backbone.encode(images[2:])])
+    with torch.no_grad():
+        direct = backbone.training_loss(images, conditioning, torch.Generator().manual_seed(0))
+        cached = backbone.training_loss(encoded, conditioning, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_personalization_encodes_its_photos_once_not_every_step(tiny_sd, train_dir, tmp_path, monkeypatch):
+    encoded = []
+    real_encode = StableDiffusionBackbone.encode
+
+    def counting_encode(self, images):
+        encoded.append(len(images))
+        return real_encode(self, images)
+
+    monkeypatch.setattr(StableDiffusionBackbone, "encode", counting_encode)
+    values = {"photos": train_dir, "pretrained_model_name_or_path": str(tiny_sd), **FAST, "max_train_steps": 5}
+    personalize(build_config(PersonalizeConfig, {**values, "output_dir": tmp_path / "run", "random_flip": True}))
+    # Three photos and their mirror images, in chunks of the batch size, once for all five steps.
+    assert sorted(encoded) == [1, 1, 2, 2]

@@ -1,6 +1,6 @@
 """Diffusion backbones (micro pixel-space, Stable Diffusion, SDXL), their shared math, sampling and training data."""
 
-from iddm.diffusion.backbone import INSTANCE_PROMPT, Backbone, Conditioning, MethodSettings
+from iddm.diffusion.backbone import INSTANCE_PROMPT, Backbone, Conditioning, LatentDistribution, MethodSettings
 from iddm.diffusion.data import TrainingPhotos, prepare_photos
 from iddm.diffusion.loading import BUILTIN_MODELS, DEFAULT_MODEL, MICRO, load_backbone
 from iddm.diffusion.pixel import PixelBackbone
@@ -18,6 +18,7 @@ __all__ = [
     "MICRO",
     "Backbone",
     "Conditioning",
+    "LatentDistribution",
     "MethodSettings",
     "PixelBackbone",
     "StableDiffusionBackbone",

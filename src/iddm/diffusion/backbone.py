@@ -4,7 +4,8 @@ The personalization loop, IDDM's data steps, sampling and generation are written
 :class:`Backbone`. A backbone owns everything that differs between models:
 
 * its spaces: ``to_diffusion_space`` / ``to_image_space`` map images ``(N, 3, H, W)`` in ``[0, 1]`` to
-  what the UNet diffuses (rescaled pixels, or VAE latents) and back;
+  what the UNet diffuses (rescaled pixels, or VAE latents) and back; ``encode`` gives the distribution
+  ``to_diffusion_space`` draws from, which personalization caches while its photos do not change;
 * its conditioning: ``encode_prompts`` returns a :class:`Conditioning` (cross-attention states, plus
   SDXL's pooled embeddings and time ids), and ``predict`` calls the UNet with it;
 * its policies: default crop, learning-rate schedule, recommended options, which methods it supports,
@@ -36,6 +37,36 @@ from iddm.diffusion.objectives import (
 
 INSTANCE_PROMPT = "a photo of sks person"
 """The default prompt that names the person (diffusers' DreamBooth convention)."""
+
+
+@dataclass
+class LatentDistribution:
+    """What :meth:`Backbone.encode` makes of images: diffusion-space ``mean`` ``(N, C, h, w)``, scaled as the UNet
+    sees it, and ``std`` of the same shape (``None`` for a point: rescaled pixels)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor | None = None
+
+    def __getitem__(self, index: torch.Tensor) -> LatentDistribution:
+        return LatentDistribution(self.mean[index], None if self.std is None else self.std[index])
+
+    @staticmethod
+    def cat(parts: list[LatentDistribution]) -> LatentDistribution:
+        """The samples of ``parts`` one after another (all with a ``std`` or none)."""
+        stds = [part.std for part in parts if part.std is not None]
+        return LatentDistribution(torch.cat([part.mean for part in parts]), torch.cat(stds) if stds else None)
+
+    def where(self, condition: torch.Tensor, other: LatentDistribution) -> LatentDistribution:
+        """Per sample (``condition``: ``(N, 1, 1, 1)`` bool), this distribution where true, else ``other``."""
+        std = None if self.std is None or other.std is None else torch.where(condition, self.std, other.std)
+        return LatentDistribution(torch.where(condition, self.mean, other.mean), std)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw ``(N, C, h, w)`` (the mean without a ``generator``); the noise comes from the CPU ``generator``."""
+        if self.std is None or generator is None:
+            return self.mean
+        noise = torch.randn(self.mean.shape, generator=generator)
+        return self.mean + self.std * noise.to(self.mean.device, self.mean.dtype)
 
 
 @dataclass
@@ -129,8 +160,13 @@ class Backbone(ABC):
 
     # -- spaces and conditioning ------------------------------------------------------------------
     @abstractmethod
+    def encode(self, images: torch.Tensor) -> LatentDistribution:
+        """Images ``(N, 3, H, W)`` in ``[0, 1]`` -> their diffusion-space distribution (differentiable)."""
+
     def to_diffusion_space(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images ``(N, 3, H, W)`` in ``[0, 1]`` -> diffusion-space tensors (differentiable)."""
+        """Images ``(N, 3, H, W)`` in ``[0, 1]`` -> a diffusion-space draw (differentiable; the mean without a
+        ``generator``)."""
+        return self.encode(images).sample(generator)
 
     @abstractmethod
     def to_image_space(self, latents: torch.Tensor) -> torch.Tensor:
@@ -199,14 +235,14 @@ class Backbone(ABC):
 
     def training_loss(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | LatentDistribution,
         conditioning: Conditioning,
         generator: torch.Generator,
         noise_offset: float = 0.0,
         snr_gamma: float | None = None,
         coverage: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-sample denoising loss ``(N,)`` for images ``(N, 3, H, W)`` in ``[0, 1]``.
+        """Per-sample denoising loss ``(N,)`` for images ``(N, 3, H, W)`` in ``[0, 1]`` (or their :meth:`encode`).
 
         Noise and timesteps are drawn on the CPU ``generator`` so runs reproduce across devices.
         ``noise_offset`` adds per-channel offset noise (Guttenberg 2023); ``snr_gamma`` applies
@@ -214,7 +250,8 @@ class Backbone(ABC):
         ``(N, 1, H, W)`` in ``{0, 1}`` leaves out the latent cells that touch a crop's mirrored border
         (:func:`~iddm.diffusion.objectives.latent_keep_mask`).
         """
-        latents = self.to_diffusion_space(images, generator=generator)
+        distribution = images if isinstance(images, LatentDistribution) else self.encode(images)
+        latents = distribution.sample(generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
         if noise_offset > 0:
             offset = torch.randn((*latents.shape[:2], 1, 1), generator=generator)

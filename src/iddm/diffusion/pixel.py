@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file
 from torch import nn
 
-from iddm.diffusion.backbone import Backbone, Conditioning, MethodSettings
+from iddm.diffusion.backbone import Backbone, Conditioning, LatentDistribution, MethodSettings
 from iddm.diffusion.tiny import micro_unet_config
 from iddm.images import atomic_write_json, atomic_write_safetensors
 
@@ -92,8 +92,8 @@ class PixelBackbone(Backbone):
         self.context.to(device)
         return self
 
-    def to_diffusion_space(self, images, generator=None):
-        return images.to(self.unet.dtype) * 2 - 1
+    def encode(self, images):
+        return LatentDistribution(images.to(self.unet.dtype) * 2 - 1)
 
     def to_image_space(self, latents):
         return ((latents + 1) / 2).clamp(0, 1)

@@ -22,7 +22,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
-from iddm.diffusion.backbone import Backbone, Conditioning, MethodSettings
+from iddm.diffusion.backbone import Backbone, Conditioning, LatentDistribution, MethodSettings
 from iddm.weights import PRIOR_FILE
 
 logger = logging.getLogger(__name__)
@@ -122,12 +122,12 @@ class StableDiffusionBackbone(Backbone):
         side = self.resolution // self.vae_scale
         return (self.unet.config.in_channels, side, side)
 
-    def to_diffusion_space(self, images, generator=None):
-        pixels = images.to(self.vae.dtype) * 2 - 1
-        distribution = self.vae.encode(pixels).latent_dist
-        noise = torch.randn(distribution.mean.shape, generator=generator) if generator is not None else None
-        latents = distribution.mean if noise is None else distribution.mean + distribution.std * noise.to(pixels)
-        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
+    def encode(self, images):
+        distribution = self.vae.encode(images.to(self.vae.dtype) * 2 - 1).latent_dist
+        scale = self.vae.config.scaling_factor
+        return LatentDistribution(
+            (distribution.mean * scale).to(self.unet.dtype), (distribution.std * scale).to(self.unet.dtype)
+        )
 
     def to_image_space(self, latents):
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
