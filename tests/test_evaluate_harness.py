@@ -526,3 +526,36 @@ def test_report_renders_in_headless_chromium(which, benchmark_out, evaluated, tm
     assert pixels.shape == (2000, 1200)
     assert pixels.std() > 20, "the screenshot is (nearly) blank"
     assert (pixels < 200).mean() > 0.05  # text, tables and pictures, not a white page
+
+
+def test_the_attackers_embeddings_are_cached_until_a_photo_changes(dataset, tmp_path, caplog, monkeypatch):
+    import iddm.evaluate.cells as cells
+
+    root = tmp_path / "dataset"
+    shutil.copytree(dataset, root)
+    identities = discover_dataset(root)
+    recognizers, cache = cells.cached_backends(("sface",)), tmp_path / "embeddings.npz"
+    embed_identities = cells.embed_identities
+    first = embed_identities(identities, recognizers, cache)
+    read = []
+    real_load = cells.load_photo
+    monkeypatch.setattr(cells, "load_photo", lambda path: read.append(Path(path).parent.name) or real_load(path))
+    again = embed_identities(identities, recognizers, cache)
+    assert read == []
+    for name, faces in first.items():
+        np.testing.assert_array_equal(again[name].detected, faces.detected)
+        np.testing.assert_array_equal(again[name].embeddings["sface"], faces.embeddings["sface"])
+
+    # A photo replaced by a faceless image: that identity is embedded again, the others come from the cache.
+    photo = sorted((root / "macron").iterdir())[0]
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(photo, format="JPEG")
+    changed = embed_identities(identities, recognizers, cache)
+    assert set(read) == {"macron"}
+    assert not changed["macron"].detected[0] and first["macron"].detected[0]
+    np.testing.assert_array_equal(changed["obama"].embeddings["sface"], first["obama"].embeddings["sface"])
+
+    cache.write_bytes(b"not a zip file")
+    with caplog.at_level(logging.WARNING, logger="iddm"):
+        rebuilt = embed_identities(identities, recognizers, cache)
+    assert "Ignoring the attacker's embedding cache" in caplog.text
+    np.testing.assert_array_equal(rebuilt["obama"].embeddings["sface"], first["obama"].embeddings["sface"])

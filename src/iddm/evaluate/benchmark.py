@@ -138,6 +138,9 @@ class BenchmarkConfig(AttackerOptions):
         return self.workers is not None or self.ray_address is not None
 
 
+EMBEDDING_CACHE = "attacker_embeddings.npz"
+"""The attacker's embeddings of the dataset, reused by a rerun (see :func:`embed_identities`)."""
+
 RESULT_SETTINGS = (
     "dataset model max_train_steps resolution surrogates backends num_images prompts generation_seed "
     "num_inference_steps guidance_scale robustness clip_model"
@@ -362,7 +365,8 @@ def run_benchmark(config: BenchmarkConfig) -> list[CellRecord | CellFailure]:
         if cell not in pending:
             logger.info("Skipping finished cell %s (%s exists).", cell.label, "cell.json")
     if pending:
-        faces = embed_identities(identities, cached_backends(plan.backends))
+        weights = [] if plan.mobilefacenet is None else [str(Path(plan.mobilefacenet).resolve())]
+        faces = embed_identities(identities, cached_backends(plan.backends), output_dir / EMBEDDING_CACHE, weights)
         if config.uses_ray:
             from iddm.evaluate.distributed import run_cells_on_ray
 

@@ -31,6 +31,7 @@ import numpy as np
 from iddm.config import build_config
 from iddm.evaluate.attacker import attacker_knowledge, load_backends, roles
 from iddm.evaluate.dataset import Identity
+from iddm.evaluate.embedding_cache import load_embedding_cache, photos_key, save_embedding_cache
 from iddm.evaluate.linkability import FaceSet, embed_images, subset
 from iddm.evaluate.results import CellFailure, CellRecord, WallSeconds, cell_name, from_json, to_json
 from iddm.evaluate.utility import ssim_to_vanilla
@@ -155,13 +156,27 @@ def cached_backends(keys: tuple[str, ...]) -> dict[str, FaceRecognizer]:
     return load_backends(keys)
 
 
-def embed_identities(identities: Sequence[Identity], recognizers: Mapping[str, FaceRecognizer]) -> dict[str, FaceSet]:
-    """Identity -> every photo of it embedded (in ``photos`` order); an unreadable photo counts as no face."""
+def embed_identities(
+    identities: Sequence[Identity],
+    recognizers: Mapping[str, FaceRecognizer],
+    cache: Path | None = None,
+    weights: Sequence[str] = (),
+) -> dict[str, FaceSet]:
+    """Identity -> every photo of it embedded (in ``photos`` order); an unreadable photo counts as no face.
+
+    With ``cache`` (an ``.npz`` file), identities whose photos and recognizers are unchanged since it was written
+    are read from it (a benchmark restarted on 50 identities would otherwise embed them all again), and the file is
+    rewritten when any identity had to be embedded. ``weights`` names what else the recognizers depend on (a
+    model file's path) for the cache's key.
+    """
     from iddm.progress import progress_bar
 
     rec = list(recognizers.values())
-    faces = {}
-    for identity in progress_bar(identities, desc="attacker: embedding the dataset", unit="identity", leave=False):
+    cached = load_embedding_cache(cache) if cache is not None else {}
+    keys = {identity.name: photos_key(identity, [*recognizers, *weights]) for identity in identities}
+    faces = {name: entry[1] for name, entry in cached.items() if keys.get(name) == entry[0]}
+    missing = [identity for identity in identities if identity.name not in faces]
+    for identity in progress_bar(missing, desc="attacker: embedding the dataset", unit="identity", leave=False):
         images, readable = [], []
         for path in identity.photos:
             try:
@@ -174,7 +189,9 @@ def embed_identities(identities: Sequence[Identity], recognizers: Mapping[str, F
         detected = np.zeros(len(identity.photos), dtype=bool)
         detected[np.flatnonzero(readable)] = embedded.detected
         faces[identity.name] = FaceSet(detected, embedded.embeddings)
-    return faces
+    if cache is not None and missing:
+        save_embedding_cache(cache, faces, keys)
+    return {identity.name: faces[identity.name] for identity in identities}
 
 
 def identity_knowledge(identity: Identity, faces: Mapping[str, FaceSet]) -> tuple[FaceSet, FaceSet]:
