@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from iddm.evaluate import attributes, face_quality, geometry
-from iddm.evaluate.face_utility import face_utility
+from iddm.evaluate.face_utility import face_utility, kid_to_real, real_face_features
 from iddm.evaluate.quality import frechet_distance
 from iddm.evaluate.results import CellRecord, FaceUtility, csv_row, from_json, to_json
 from iddm.faces import detect_faces
@@ -178,7 +178,9 @@ def test_cell_records_without_face_utility_still_load_and_the_csv_has_face_colum
     face = FaceUtility(2, serfiq=0.8, attribute_agreement={"gender": 1.0}, vanilla=FaceUtility(2, serfiq=0.9))
     row = csv_row(replace(record, utility=replace(utility, face=face)))
     assert row["face_serfiq_rel"] == pytest.approx(0.8 / 0.9) and row["face_agreement_gender"] == 1.0
-    assert row["face_kid_to_vanilla"] is None
+    assert row["face_kid_to_vanilla"] is None and row["face_kid_to_real"] is None
+    face = FaceUtility(2, kid_to_real=0.9, vanilla=FaceUtility(2, kid_to_real=0.6))
+    assert csv_row(replace(record, utility=replace(utility, face=face)))["face_kid_to_real_rel"] == pytest.approx(1.5)
 
 
 def test_face_utility_measures_how_far_decoupling_moved_the_training_photos_landmarks(photos):
@@ -190,3 +192,17 @@ def test_face_utility_measures_how_far_decoupling_moved_the_training_photos_land
     assert same.landmark_displacement == 0.0 and same.landmark_pairs == 3
     assert 1.0 < moved.landmark_displacement < 3.0
     assert face_utility(crops[:1]).landmark_displacement is None
+
+
+def test_kid_to_real_faces_grows_for_degraded_avatars_and_is_null_for_too_few(photos):
+    images, faces = photos
+    people = [p.stem.split("_")[0] for p in PHOTOS]
+    reference = real_face_features([p for p, who in zip(PHOTOS, people) if who in ("obama", "biden")], 128, "aligned")
+    assert reference.shape == (5, 64)
+    others = [(i, f) for (i, f), who in zip(zip(images, faces), people) if who not in ("obama", "biden")]
+    avatars = [_portrait(i, f) for i, f in others]
+    clean, _ = kid_to_real(avatars, reference)
+    degraded, _ = kid_to_real([_portrait(_degrade(i, f, seed=2), f) for i, f in others], reference)
+    assert degraded > clean
+    undefined, notes = kid_to_real(avatars[:2], reference)
+    assert undefined is None and "KID undefined" in notes[0]

@@ -99,6 +99,13 @@ def crop_coverage(image_shape: tuple[int, ...], matrix: np.ndarray, size: int) -
     return inside.reshape(size, size)
 
 
+def crop_matrix(face, resolution: int, crop: CropMode, margin: float = 0.25, portrait_zoom: float = 2.2) -> np.ndarray:
+    """The image->crop matrix of a detected ``face`` (see :func:`prepare_photos` for ``crop`` and its options)."""
+    if crop == "aligned":
+        return similarity_transform(face.landmarks, aligned_template(resolution, margin))
+    return portrait_matrix(face.box, resolution, portrait_zoom)
+
+
 def prepare_photos(
     folder: str | Path,
     resolution: int,
@@ -129,10 +136,7 @@ def prepare_photos(
         except (PhotoError, ValueError) as err:
             problems.append(str(err))
             continue
-        if crop == "aligned":
-            matrix = similarity_transform(face.landmarks, aligned_template(resolution, margin))
-        else:
-            matrix = portrait_matrix(face.box, resolution, portrait_zoom)
+        matrix = crop_matrix(face, resolution, crop, margin, portrait_zoom)
         images.append(to_tensor(warp_crop(photo, matrix, resolution)))
         coverage.append(torch.from_numpy(crop_coverage(photo.shape, matrix, resolution)).float().unsqueeze(0))
         landmarks.append(torch.from_numpy(transform_points(matrix, face.landmarks)).float())

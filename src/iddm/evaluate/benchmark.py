@@ -352,6 +352,39 @@ def collect(cells: Sequence[Cell], output_dir: Path) -> list[CellRecord | CellFa
     return outcomes
 
 
+def with_kid_to_real(records: Sequence[CellRecord], identities: Sequence[Identity], output_dir: Path) -> list:
+    """``records`` with ``utility.face.kid_to_real`` (and their vanilla's) filled in: the KID of each cell's
+    generations to every dataset photo that no cell trains on, cropped as the runs cropped their photos."""
+    from dataclasses import replace
+
+    from iddm.evaluate.face_utility import kid_to_real, real_face_features
+    from iddm.images import load_photo
+    from iddm.run_layout import RunManifest
+
+    faced = [r for r in records if r.utility.face is not None]
+    if not faced:
+        return list(records)
+    crop = RunManifest.load(output_dir / faced[0].run_dir).crop or "aligned"
+    paths = [path for identity in identities for path in identity.photos[identity.num_train :]]
+    reference = real_face_features(paths, faced[0].utility.resolution[0], crop)
+    kids = {}
+    for record in faced:
+        images = [load_photo(p) for p in sorted((output_dir / record.images_dir).glob("image_*.png"))]
+        kids[Cell.of(record)] = kid_to_real(images, reference)
+    out = []
+    for record in records:
+        if record.utility.face is None:
+            out.append(record)
+            continue
+        kid, notes = kids[Cell.of(record)]
+        face = replace(record.utility.face, kid_to_real=kid, notes=record.utility.face.notes + notes)
+        vanilla = kids.get(Cell.of(record).vanilla)
+        if face.vanilla is not None and vanilla is not None:
+            face = replace(face, vanilla=replace(face.vanilla, kid_to_real=vanilla[0]))
+        out.append(replace(record, utility=replace(record.utility, face=face)))
+    return out
+
+
 def run_benchmark(config: BenchmarkConfig) -> list[CellRecord | CellFailure]:
     """Run (or resume) every cell, then write the tables, the curve and the report.
 
@@ -384,6 +417,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[CellRecord | CellFailure]:
             run_cells_sequentially(pending, identities, faces, plan)
     outcomes = collect(cells, output_dir)
     records = stalker_pools([o for o in outcomes if isinstance(o, CellRecord)], output_dir)
+    records = with_kid_to_real(records, identities, output_dir)
     if config.purify:
         base = config.purify_model or config.model
         specs = config.purifiers if config.purifiers is not None else default_purifiers(base)

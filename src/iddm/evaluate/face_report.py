@@ -9,8 +9,9 @@ from iddm.evaluate.report import fmt
 from iddm.evaluate.results import FaceUtility
 
 FACE_TITLE = (
-    "Faces a person would see (SER-FIQ, consistency, attribute agreement, colour, face shape: ×vanilla in "
-    "parentheses; Fréchet distance and KID to vanilla's generations on TAEF2 features)"
+    "Faces a person would see (SER-FIQ, consistency, attribute agreement, colour, face shape, KID to real faces: "
+    "×vanilla; Fréchet distance and KID to vanilla's generations and KID to the dataset's real faces on TAEF2 "
+    "features: SER-FIQ, consistency and shape missed painterly, caricatured avatars that KID→real sees)"
 )
 
 
@@ -47,6 +48,7 @@ def face_rows(face: FaceUtility | None) -> list[list[str]]:
         ],
         ["Fréchet distance to vanilla (TAEF2)", fmt(face.frechet_to_vanilla, 3), ""],
         ["KID to vanilla (TAEF2)", fmt(face.kid_to_vanilla, 4), ""],
+        ["KID to real faces (TAEF2)", _relative(face.kid_to_real, relative["kid_to_real"], 3), ""],
     ]
 
 
@@ -63,6 +65,8 @@ FACE_COLUMNS = (
     ("landmark Δ px/64", "face_landmark_displacement", 2),
     ("FD→van.", "face_frechet_to_vanilla", 3),
     ("KID→van.", "face_kid_to_vanilla", 4),
+    ("KID→real", "face_kid_to_real", 3),
+    ("×van.", "face_kid_to_real_rel", 2),
 )
 
 

@@ -2,9 +2,10 @@
 
 SER-FIQ and consistency (:mod:`iddm.evaluate.face_quality`), attribute agreement with the user's photos and colour
 (:mod:`iddm.evaluate.attributes`), face-shape plausibility and the training photos' landmark displacement
-(:mod:`iddm.evaluate.geometry`), and the Fréchet distance and KID to the vanilla model's generations on TAEF2
-features. Images without a detected face are counted (``num_faces`` against the number of images) and left out
-of the per-face measures; a measure over no face is ``None``.
+(:mod:`iddm.evaluate.geometry`), the Fréchet distance and KID to the vanilla model's generations on TAEF2
+features, and the KID to real faces on the same features. Images without a detected face are counted
+(``num_faces`` against the number of images) and left out of the per-face measures; a measure over no face is
+``None``.
 """
 
 from __future__ import annotations
@@ -135,3 +136,33 @@ def face_utility(
         result.frechet_to_vanilla, result.kid_to_vanilla, notes = realism_to_vanilla(images, vanilla_images)
         result.notes += notes
     return result
+
+
+def real_face_features(paths: Sequence[Path], resolution: int, crop: str) -> np.ndarray:
+    """TAEF2 realism features ``(N, 64)`` of the faces in the photos ``paths``, each cropped as training photos are
+    (:func:`iddm.diffusion.data.crop_matrix`, ``crop`` ``"aligned"`` or ``"portrait"``); photos without one
+    face are left out."""
+    from iddm.diffusion.data import crop_matrix, warp_crop
+    from iddm.faces import detect_single_face
+
+    crops = []
+    for path in paths:
+        try:
+            photo = load_photo(path)
+            face = detect_single_face(photo, source=str(path))
+        except (PhotoError, ValueError):
+            continue
+        crops.append(warp_crop(photo, crop_matrix(face, resolution, crop), resolution))
+    return face_quality.realism_features(crops)
+
+
+def kid_to_real(images: Sequence[np.ndarray], reference: np.ndarray) -> tuple[float | None, list[str]]:
+    """``(KID, notes)`` between the generations and real faces' :func:`real_face_features` ``reference``.
+
+    Unlike SER-FIQ, consistency or face shape it grows for painterly or caricatured avatars (measured on the
+    128-px prior: docs/results/frontier_128_cfp.md); read it relative to the vanilla cell of the same person.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kid = face_quality.kernel_inception_distance(face_quality.realism_features(images), reference)
+    return kid, [str(w.message) for w in caught]

@@ -102,8 +102,10 @@ class FaceUtility:
     ``colour_photos`` / ``colour_avatars``: the fraction in colour. ``shape_distance``: the avatars' mean
     landmark-shape distance to the mean real face (1.0 = a typical real face). ``landmark_displacement``:
     decoupled vs clean training crops, px per 64 px. ``frechet_to_vanilla`` / ``kid_to_vanilla``: TAEF2-feature
-    distances to the vanilla model's generations (``None`` when too few). ``vanilla``: the same measures of the
-    vanilla generations, to read this one relative to them. Every undefined value is ``None``, never 0.
+    distances to the vanilla model's generations (``None`` when too few). ``kid_to_real``: TAEF2-feature KID to
+    real faces of the benchmark's dataset (painterly or broken avatars move it where SER-FIQ does not).
+    ``vanilla``: the same measures of the vanilla generations, to read this one relative to them. Every undefined
+    value is ``None``, never 0.
     """
 
     num_faces: int
@@ -118,6 +120,7 @@ class FaceUtility:
     landmark_pairs: int = 0
     frechet_to_vanilla: float | None = None
     kid_to_vanilla: float | None = None
+    kid_to_real: float | None = None
     vanilla: FaceUtility | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -127,7 +130,8 @@ class FaceUtility:
         return sum(values) / len(values) if values else None
 
     def relative(self) -> dict[str, float | None]:
-        """This cell's SER-FIQ, consistency, attribute agreement, colour and shape distance over vanilla's."""
+        """This cell's SER-FIQ, consistency, attribute agreement, colour, shape distance and KID to real faces over
+        vanilla's."""
         base = self.vanilla
         pairs = {
             "serfiq": (self.serfiq, base and base.serfiq),
@@ -135,6 +139,7 @@ class FaceUtility:
             "attribute_agreement": (self.agreement_mean, base and base.agreement_mean),
             "colour": (self.colour_avatars, base and base.colour_avatars),
             "shape_distance": (self.shape_distance, base and base.shape_distance),
+            "kid_to_real": (self.kid_to_real, base and base.kid_to_real),
         }
         return {k: (a / b if a is not None and b else None) for k, (a, b) in pairs.items()}
 
@@ -403,6 +408,7 @@ def face_columns(face: FaceUtility | None) -> dict[str, Any]:
         "face_landmark_displacement": face.landmark_displacement,
         "face_frechet_to_vanilla": face.frechet_to_vanilla,
         "face_kid_to_vanilla": face.kid_to_vanilla,
+        "face_kid_to_real": face.kid_to_real,
     }
     row.update({f"face_{name}_rel": value for name, value in face.relative().items()})
     return row
