@@ -4,13 +4,11 @@
         [--resolution 128] [--out docs/results/realism_to_real.md]
 
 The reference is every ``set_C`` photo of ``--dataset`` (the gallery's real faces), cropped as the face priors
-train (5-point alignment at ``--resolution``); features are :func:`iddm.evaluate.face_quality.realism_features`
-(TAEF2's encoder, not an identity embedding), the distance the KID of
-:func:`~iddm.evaluate.face_quality.kernel_inception_distance`. Each cell is also given as a ratio to the vanilla
-cell of the same identity (from any of the ``--benchmark`` folders): people differ in how close even vanilla gets.
-Why: SER-FIQ, consistency and face-shape distance called IDDM ``high``'s caricatured, painterly avatars on the
-128-px prior nearly as good as vanilla's (docs/results/frontier_128_cfp.md); this distance ranked them as the
-pictures do. It is not yet in ``iddm benchmark``'s tables.
+train (5-point alignment at ``--resolution``); the distance is :func:`iddm.evaluate.face_utility.kid_to_real`
+(TAEF2 features, not an identity embedding). Each cell is also given as a ratio to the vanilla cell of the same
+identity (from any of the ``--benchmark`` folders): people differ in how close even vanilla gets. ``iddm
+benchmark`` reports the same measure per folder (``KID→real``, its reference every photo no cell trains on); this
+script compares cells across folders (settings benchmarked separately, as ``benchmarks/frontier.py`` does).
 """
 
 from __future__ import annotations
@@ -18,23 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from iddm.diffusion.data import prepare_photos, to_uint8
 from iddm.evaluate.cells import load_cell
-from iddm.evaluate.face_quality import kernel_inception_distance, realism_features
-from iddm.images import PhotoError, atomic_write_text, load_photo
-
-
-def real_faces(dataset: Path, resolution: int) -> list[np.ndarray]:
-    crops = []
-    for folder in sorted(dataset.glob("*/set_C")):
-        try:
-            photos = prepare_photos(folder, resolution, min_photos=1, skip_bad_photos=True)
-        except PhotoError:
-            continue
-        crops += [to_uint8(image) for image in photos.images]
-    return crops
+from iddm.evaluate.face_utility import kid_to_real, real_face_features
+from iddm.images import atomic_write_text, list_photos, load_photo
 
 
 def main() -> int:
@@ -44,13 +28,14 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=128, help="Crop size of the real faces (px).")
     parser.add_argument("--out", type=Path, help="Also write the table here (Markdown).")
     args = parser.parse_args()
-    reference = realism_features(real_faces(args.dataset, args.resolution))
+    photos = [path for folder in sorted(args.dataset.glob("*/set_C")) for path in list_photos(folder, min_photos=1)]
+    reference = real_face_features(photos, args.resolution, "aligned")
     rows = []
     for folder in args.benchmark:
         for path in sorted(folder.glob("cells/*/*/cell.json")):
             record = load_cell(path.parent)
             images = [load_photo(p) for p in sorted((folder / record.images_dir).glob("image_*.png"))]
-            kid = kernel_inception_distance(realism_features(images), reference)
+            kid, _ = kid_to_real(images, reference)
             rows.append((folder.name, record.identity, record.method, record.level, kid))
     vanilla = {identity: kid for _, identity, method, _, kid in rows if method == "vanilla" and kid is not None}
     lines = [
