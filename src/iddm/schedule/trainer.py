@@ -221,13 +221,12 @@ class Trainer:
         size, rank = config.train_batch_size, self.accelerator.process_index
         indices = torch.randint(0, len(images), (size * self.accelerator.num_processes,), generator=state.generator)
         indices = indices[rank * size : (rank + 1) * size].to(images.device)
-        batch = images[indices]
         plain, mirrored = self._training_latents(images)
         latents = plain[indices]
         coverage = None if self.coverage is None else self.coverage[indices]
+        flip = None
         if config.random_flip:
-            flip = (torch.rand(len(batch), generator=state.generator) < 0.5).view(-1, 1, 1, 1).to(batch.device)
-            batch = torch.where(flip, batch.flip(-1), batch)
+            flip = (torch.rand(len(indices), generator=state.generator) < 0.5).view(-1, 1, 1, 1).to(images.device)
             latents = mirrored[indices].where(flip, latents)
             coverage = None if coverage is None else torch.where(flip, coverage.flip(-1), coverage)
         conditioning = self._conditioning(0, self.prompts)
@@ -243,6 +242,8 @@ class Trainer:
             )  # fmt: skip
             loss = loss + config.prior_loss_weight * prior.mean()
         if self.data_optimizer is not None and self.plan.stage(step) == 2 and self.privacy.lambda_model > 0:
+            batch = images[indices]  # only this term needs the pixels; the denoising loss uses cached latents
+            batch = batch if flip is None else torch.where(flip, batch.flip(-1), batch)
             loss = loss + self.privacy.lambda_model * self.data_optimizer.model_side_loss(
                 backbone, batch, indices, conditioning, state.generator
             )
