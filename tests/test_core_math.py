@@ -209,6 +209,25 @@ def test_low_frequency_steps_keep_the_perturbation_smooth(photos32):
     assert result[4] < 0.5 * result[1]
 
 
+def test_grid_perturbation_is_smooth_bounded_and_decouples(photos32):
+    """δ held on an 8x8 grid: full-resolution δ is a smooth upsampling within ε, saved on its grid, and its data
+    steps still lower the surrogate's cosine to the user."""
+    images, indices = photos32.images, torch.arange(3)
+    roughness, cosine = {}, {}
+    for grid in (0, 8):
+        settings = _settings(privacy="high", eot=[], lambda_gen=0.0, delta_grid=grid, warp=0.0, step_size=4 / 255)
+        optimizer = build_data_optimizer(settings, photos32, torch.device("cpu"))
+        optimizer.run_round(PixelBackbone.from_scratch(32), images, "p", 6, torch.Generator().manual_seed(0))
+        perturbation = optimizer.perturbation
+        full = perturbation.full(perturbation.delta, images)
+        assert full.shape == images.shape and 0 < full.abs().max() <= settings.epsilon + 1e-7
+        roughness[grid] = float((full[..., 1:] - full[..., :-1]).abs().mean() / full.abs().mean())
+        cosine[grid] = optimizer.identity.cosines(perturbation.perturbed(images), indices)["sface"].mean().item()
+    assert perturbation.state()["delta"].shape == (3, 3, 8, 8)
+    assert roughness[8] < 0.3 * roughness[0]  # shading, not pixel-to-pixel texture
+    assert cosine[8] < optimizer.identity.cosines(images, indices)["sface"].mean().item() - 0.02
+
+
 def test_stage2_model_side_term_changes_training(train_dir, tmp_path):
     common = {
         "photos": train_dir, "pretrained_model_name_or_path": "iddm:micro", "resolution": 32, "max_train_steps": 4,

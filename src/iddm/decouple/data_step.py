@@ -16,9 +16,9 @@ from iddm.decouple.identity import IdentityLoss, load_margins
 from iddm.decouple.memory import low_memory_data_step
 from iddm.decouple.objective import (
     OBJECTIVES,
-    WARP_GRID,
     ObjectiveInputs,
     apply,
+    expand,
     low_frequency,
     signed_gradient_step,
     uniform_noise,
@@ -33,13 +33,18 @@ from iddm.images import atomic_write_safetensors, list_photos, load_photo
 
 
 class Perturbation:
-    """δ ``(N, 3, R, R)`` for the N training photos (0 at the start) and, with a warp budget, the smooth
-    displacement field ``flow`` ``(N, 2, g, g)`` in pixels (:func:`iddm.decouple.objective.warp`; 0 at the start)."""
+    """δ for the N training photos ``(N, 3, R, R)`` (0 at the start), or with ``delta_grid = g`` a smooth δ held on a
+    ``(N, 3, g, g)`` grid (:func:`iddm.decouple.objective.expand`), and, with ``warp_grid = g' > 0``, the smooth
+    displacement field ``flow`` ``(N, 2, g', g')`` in pixels (:func:`iddm.decouple.objective.warp`; 0 at the start)."""
 
-    def __init__(self, shape: torch.Size, device: torch.device, warped: bool = False):
-        self.delta = torch.zeros(shape, device=device)
-        self.flow = torch.zeros(shape[0], 2, WARP_GRID, WARP_GRID, device=device) if warped else None
+    def __init__(self, shape: torch.Size, device: torch.device, warp_grid: int = 0, delta_grid: int = 0):
+        self.delta = torch.zeros(shape if delta_grid == 0 else (*shape[:2], delta_grid, delta_grid), device=device)
+        self.flow = torch.zeros(shape[0], 2, warp_grid, warp_grid, device=device) if warp_grid else None
         self._perturbed: tuple[tuple, torch.Tensor] | None = None
+
+    def full(self, delta: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """``delta`` (this perturbation's or a copy being stepped) at the resolution of ``clean``."""
+        return expand(delta, clean.shape[-2:])
 
     def base(self, clean: torch.Tensor) -> torch.Tensor:
         """The photos δ is added to: ``clean`` warped by ``flow`` (``clean`` itself without a warp)."""
@@ -53,14 +58,14 @@ class Perturbation:
         """
         key = (clean, self.delta, self.flow)
         if self._perturbed is None or any(a is not b for a, b in zip(self._perturbed[0], key)):
-            self._perturbed = (key, apply(self.base(clean), self.delta).detach())
+            self._perturbed = (key, apply(self.base(clean), self.full(self.delta, clean)).detach())
         return self._perturbed[1]
 
     def summary(self, clean: torch.Tensor) -> dict:
         """‖δ‖∞, the largest warp displacement (px), mean PSNR (dB; inf unchanged) and SSIM of the decoupled
         photos against the clean ones."""
         psnr, ssim = mean_psnr_ssim(list(self.perturbed(clean)), list(clean))
-        linf = float(self.delta.abs().max())
+        linf = float(self.full(self.delta, clean).abs().max())
         warp_px = 0.0 if self.flow is None else float(self.flow.abs().max())
         return {"linf": linf, "linf_255": linf * 255, "warp_px": warp_px, "psnr_db": psnr, "ssim": ssim}
 
@@ -111,7 +116,7 @@ class DataOptimizer:
         delta = perturbation.delta.clone().requires_grad_(True)
         flow = None if perturbation.flow is None else perturbation.flow.clone().requires_grad_(True)
         base = inputs.clean if flow is None else warp(inputs.clean, flow)
-        loss, logged = OBJECTIVES[s.defense](inputs, base, delta)
+        loss, logged = OBJECTIVES[s.defense](inputs, base, perturbation.full(delta, inputs.clean))
         gradients = torch.autograd.grad(loss, [delta] + ([flow] if flow is not None else []), allow_unused=True)
         gradients = [torch.zeros_like(p) if g is None else g for p, g in zip((delta, flow), gradients)]
         with torch.no_grad():
@@ -181,4 +186,5 @@ def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, devi
     identity = IdentityLoss(
         recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins, settings.surrogate_precision
     )
-    return DataOptimizer(settings, identity, Perturbation(clean.shape, device, warped=settings.warp > 0))
+    warp_grid = settings.warp_grid if settings.warp > 0 else 0
+    return DataOptimizer(settings, identity, Perturbation(clean.shape, device, warp_grid, settings.delta_grid))

@@ -33,7 +33,7 @@ from iddm.decouple.transforms import sample_transform
 from iddm.diffusion import Backbone, Conditioning
 
 WARP_GRID = 8
-"""Control points per side of the warp's displacement field: coarse, so the warp moves facial features as
+"""Default control points per side of the warp's displacement field: coarse, so the warp moves facial features as
 wholes (proportions, outline) instead of adding texture that a blur or the autoencoder removes."""
 
 
@@ -55,6 +55,16 @@ def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def expand(delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """δ at image resolution ``size``: ``delta`` itself when it is per pixel, else a coarse ``(N, 3, g, g)`` grid
+    upsampled bicubically (differentiable). Bicubic overshoots its control values by a few percent; clamping to
+    their largest magnitude keeps ``‖δ‖∞`` within the budget the grid was projected on."""
+    if tuple(delta.shape[-2:]) == tuple(size):
+        return delta
+    bound = delta.detach().abs().amax()
+    return F.interpolate(delta, size=size, mode="bicubic", align_corners=True).clamp(-bound, bound)
+
+
 def apply(clean: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``X̃ = clamp(X + δ, 0, 1)``, images ``(N, 3, R, R)``."""
     return (clean + delta).clamp(0, 1)
@@ -68,8 +78,12 @@ def project(delta: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.T
 def signed_gradient_step(
     delta: torch.Tensor, gradient: torch.Tensor, step_size: float, clean: torch.Tensor, epsilon: float
 ) -> torch.Tensor:
-    """One projected signed-gradient descent step on ``delta``."""
-    return project(delta - step_size * gradient.sign(), clean, epsilon)
+    """One projected signed-gradient descent step on ``delta`` (per pixel, or a coarse grid: see :func:`expand`,
+    whose grid is kept in the L∞ ball only, the image range being enforced when it is applied)."""
+    stepped = delta - step_size * gradient.sign()
+    if delta.shape != clean.shape:
+        return stepped.clamp(-epsilon, epsilon)
+    return project(stepped, clean, epsilon)
 
 
 def low_frequency(gradient: torch.Tensor, factor: int) -> torch.Tensor:

@@ -19,6 +19,8 @@ low frequency          1 (option)                  e.g. 4: step δ in 4x4-block 
 surrogates per step    all (option)                e.g. 1: one surrogate per identity term, at random
 surrogate precision    fp32 (option)               bf16: the surrogates under bfloat16 autocast
 warp (px per 64 px)    3 p                         0.99, 1.98, 3 (smooth reshaping of the faces)
+warp grid              8 (option)                  control points per side of the warp
+delta grid             0 (option)                  e.g. 16: δ held on a 16x16 grid, upsampled smoothly
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
@@ -127,6 +129,20 @@ class PrivacyConfig:
         ge=0,
         le=8,
     )
+    warp_grid: int = field(
+        8,
+        help="Control points per side of the warp's displacement field (fewer: features move more as wholes, "
+        "proportions rather than local distortions).",
+        ge=2,
+        le=64,
+    )
+    delta_grid: int = field(
+        0,
+        help="Hold the perturbation on a g x g grid per colour channel, upsampled bicubically to the photos: smooth "
+        "shading and colour changes instead of per-pixel texture a LoRA would learn (0: per pixel; e.g. 16).",
+        ge=0,
+        le=1024,
+    )
     decoy: str = field(
         "none",
         help="Also pull the faces toward a decoy (its part orthogonal to the user): a photo, a folder of photos "
@@ -171,6 +187,8 @@ class PrivacyConfig:
                 f"--surrogates_per_step is {self.surrogates_per_step} but only {len(self.surrogates)} "
                 "surrogates are set"
             )
+        if self.delta_grid == 1:
+            problems.append("--delta_grid must be 0 (per pixel) or at least 2, got 1")
         if len(set(self.surrogates)) != len(self.surrogates):
             problems.append(f"--surrogates lists a model twice: {self.surrogates}")
         return problems
@@ -204,6 +222,8 @@ class PrivacySettings:
     defense: str = "iddm"
     cloak_steps: int = 60
     warp: float = 0.0
+    warp_grid: int = 8
+    delta_grid: int = 0
     data_step_checkpointing: bool = True
 
     @property
@@ -292,8 +312,10 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         defense=config.defense,
         cloak_steps=config.cloak_steps,
         warp=pick(config.warp, WARP_PER_LEVEL * level),
+        warp_grid=config.warp_grid,
+        delta_grid=config.delta_grid,
         data_step_checkpointing=config.data_step_checkpointing,
     )
     # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
     # ASPL keep their published definitions (nothing is loaded, warped or recorded for them).
-    return settings if settings.white_box else replace(settings, decoy=None, warp=0.0)
+    return settings if settings.white_box else replace(settings, decoy=None, warp=0.0, delta_grid=0)
