@@ -5,7 +5,8 @@ See ``docs/design.md`` §2 for the method. With ``X`` the clean training photos,
 denoised estimate of a noised ``X̃`` and ``L_id`` the identity loss over the surrogates
 (:class:`iddm.decouple.identity.IdentityLoss`), one data step minimizes:
 
-* **iddm**   ``λ_gen · L_id(T(x̂0(θ, X̃))) + λ_data · L_id(T(X̃)) + λ_fid · MSE₂₅₅(X̃, X)``
+* **iddm**   ``λ_gen · L_id(T(x̂0(θ, X̃))) + λ_data · L_id(T(X̃)) + λ_fid · MSE₂₅₅(X̃, X) + λ_nat · L_pers(θ; X̃)``
+  (the last term keeps the photos where the model finds faces likely: a realism budget learned from data)
 * **cloak**  ``λ_data · L_id(T(X̃)) + λ_fid · MSE₂₅₅(X̃, X)``: the photos alone, once, before training
   (Fawkes / LowKey-style FR cloaking)
 * **aspl**   ``−L_pers(θ; X̃)``: make the photos hard to learn (Anti-DreamBooth's ASPL, Van Le et al. 2023)
@@ -158,6 +159,10 @@ def iddm_objective(inputs: ObjectiveInputs, base: torch.Tensor, delta: torch.Ten
         x0 = inputs.backbone.denoised_estimate(images, inputs.conditioning, inputs.generator, s.max_denoise_timestep)
         id_loss, logged["x0"] = inputs.identity_of(x0)
         loss = loss + s.lambda_gen * id_loss
+    if s.lambda_natural > 0:
+        natural = inputs.backbone.training_loss(images, inputs.conditioning, inputs.generator).mean()
+        logged["natural"] = float(natural.detach())
+        loss = loss + s.lambda_natural * natural
     return _data_terms(inputs, images, base, loss, logged)
 
 
