@@ -167,6 +167,9 @@ def test_evaluate_links_the_real_person_on_every_backend(evaluated):
     assert 20 < perturbation["psnr_db"] < 60 and 0 < perturbation["ssim"] < 1
     assert 0 <= utility["clip_score"] <= 100 and utility["clip_note"] is None
     assert utility["ssim_to_vanilla"] is None and "vanilla" in utility["ssim_to_vanilla_note"]
+    # KID to the reference and gallery faces is measured, but 3 generations are too few: null with a note, never 0.
+    assert utility["face"]["kid_to_real"] is None
+    assert any(n.startswith("KID to real faces") for n in utility["face"]["notes"])
 
     assert list(metrics["robustness"]) == list(ROBUSTNESS_CONDITIONS)
     assert metrics["robustness"]["clean"] == metrics["backends"]

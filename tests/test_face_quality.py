@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from iddm.evaluate import attributes, face_quality, geometry
-from iddm.evaluate.face_utility import face_utility, kid_to_real, real_face_features
+from iddm.evaluate.face_utility import add_kid_to_real, face_utility, kid_to_real, real_face_features
 from iddm.evaluate.quality import frechet_distance
 from iddm.evaluate.results import CellRecord, FaceUtility, csv_row, from_json, to_json
 from iddm.faces import detect_faces
@@ -197,7 +197,8 @@ def test_face_utility_measures_how_far_decoupling_moved_the_training_photos_land
 def test_kid_to_real_faces_grows_for_degraded_avatars_and_is_null_for_too_few(photos):
     images, faces = photos
     people = [p.stem.split("_")[0] for p in PHOTOS]
-    reference = real_face_features([p for p, who in zip(PHOTOS, people) if who in ("obama", "biden")], 128, "aligned")
+    real = [load_photo(p) for p, who in zip(PHOTOS, people) if who in ("obama", "biden")]
+    reference = real_face_features(real, 128, "aligned")
     assert reference.shape == (5, 64)
     others = [(i, f) for (i, f), who in zip(zip(images, faces), people) if who not in ("obama", "biden")]
     avatars = [_portrait(i, f) for i, f in others]
@@ -206,3 +207,7 @@ def test_kid_to_real_faces_grows_for_degraded_avatars_and_is_null_for_too_few(ph
     assert degraded > clean
     undefined, notes = kid_to_real(avatars[:2], reference)
     assert undefined is None and "KID undefined" in notes[0]
+
+    face = face_utility(avatars, vanilla_images=avatars)
+    add_kid_to_real(face, avatars, avatars, real, "aligned")  # what `iddm evaluate` does with its real photos
+    assert face.kid_to_real == pytest.approx(clean, abs=1e-6) and face.vanilla.kid_to_real == face.kid_to_real

@@ -357,7 +357,7 @@ def with_kid_to_real(records: Sequence[CellRecord], identities: Sequence[Identit
     generations to every dataset photo that no cell trains on, cropped as the runs cropped their photos."""
     from dataclasses import replace
 
-    from iddm.evaluate.face_utility import kid_to_real, real_face_features
+    from iddm.evaluate.face_utility import kid_to_real, photos_of, real_face_features
     from iddm.images import load_photo
     from iddm.run_layout import RunManifest
 
@@ -366,7 +366,7 @@ def with_kid_to_real(records: Sequence[CellRecord], identities: Sequence[Identit
         return list(records)
     crop = RunManifest.load(output_dir / faced[0].run_dir).crop or "aligned"
     paths = [path for identity in identities for path in identity.photos[identity.num_train :]]
-    reference = real_face_features(paths, faced[0].utility.resolution[0], crop)
+    reference = real_face_features(photos_of(paths), faced[0].utility.resolution[0], crop)
     kids = {}
     for record in faced:
         images = [load_photo(p) for p in sorted((output_dir / record.images_dir).glob("image_*.png"))]

@@ -138,22 +138,32 @@ def face_utility(
     return result
 
 
-def real_face_features(paths: Sequence[Path], resolution: int, crop: str) -> np.ndarray:
-    """TAEF2 realism features ``(N, 64)`` of the faces in the photos ``paths``, each cropped as training photos are
-    (:func:`iddm.diffusion.data.crop_matrix`, ``crop`` ``"aligned"`` or ``"portrait"``); photos without one
-    face are left out."""
+def real_face_features(photos: Sequence[np.ndarray], resolution: int, crop: str) -> np.ndarray:
+    """TAEF2 realism features ``(N, 64)`` of the faces in ``photos`` (RGB ``uint8``), each cropped as training photos
+    are (:func:`iddm.diffusion.data.crop_matrix`, ``crop`` ``"aligned"`` or ``"portrait"``); photos without one face
+    are left out."""
     from iddm.diffusion.data import crop_matrix, warp_crop
     from iddm.faces import detect_single_face
 
     crops = []
-    for path in paths:
+    for photo in photos:
         try:
-            photo = load_photo(path)
-            face = detect_single_face(photo, source=str(path))
+            face = detect_single_face(photo)
         except (PhotoError, ValueError):
             continue
         crops.append(warp_crop(photo, crop_matrix(face, resolution, crop), resolution))
     return face_quality.realism_features(crops)
+
+
+def photos_of(paths: Sequence[Path]) -> list[np.ndarray]:
+    """The readable photos among ``paths`` (RGB ``uint8``)."""
+    photos = []
+    for path in paths:
+        try:
+            photos.append(load_photo(path))
+        except PhotoError:
+            continue
+    return photos
 
 
 def kid_to_real(images: Sequence[np.ndarray], reference: np.ndarray) -> tuple[float | None, list[str]]:
@@ -166,3 +176,19 @@ def kid_to_real(images: Sequence[np.ndarray], reference: np.ndarray) -> tuple[fl
         warnings.simplefilter("always")
         kid = face_quality.kernel_inception_distance(face_quality.realism_features(images), reference)
     return kid, [str(w.message) for w in caught]
+
+
+def add_kid_to_real(
+    face: FaceUtility,
+    images: Sequence[np.ndarray],
+    vanilla_images: Sequence[np.ndarray] | None,
+    real_photos: Sequence[np.ndarray],
+    crop: str,
+) -> None:
+    """Fill ``face.kid_to_real`` (and its vanilla's, given ``vanilla_images``) against the faces of ``real_photos``
+    (photos of people, none of them the training photos), cropped as the run cropped its photos."""
+    reference = real_face_features(real_photos, images[0].shape[0], crop)
+    face.kid_to_real, notes = kid_to_real(images, reference)
+    face.notes += [f"KID to real faces: {note}" for note in notes]
+    if vanilla_images and face.vanilla is not None:
+        face.vanilla.kid_to_real = kid_to_real(vanilla_images, reference)[0]

@@ -28,6 +28,7 @@ from iddm.evaluate.attacker import (
     mismatched_reference_pairs,
     roles,
 )
+from iddm.evaluate.face_utility import add_kid_to_real
 from iddm.evaluate.linkability import FaceSet, embed_groups, embed_images
 from iddm.evaluate.purify import PurifierFn, build_purifiers, default_purifiers, purification_attack
 from iddm.evaluate.render import evaluate_html, evaluate_markdown
@@ -37,7 +38,7 @@ from iddm.evaluate.utility import utility_metrics
 from iddm.faces import FaceRecognizer
 from iddm.faces.mobilefacenet import use_model_path
 from iddm.images import atomic_write_json, atomic_write_text, load_photo
-from iddm.run_layout import RunManifest
+from iddm.run_layout import RunManifest, is_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +293,11 @@ def _reference_warning(reference_faces, recognizers, reference_paths: list[Path]
     return [message]
 
 
+def _run_crop(run_dir: str | Path | None) -> str:
+    """How the run cropped its training photos (real faces are cropped the same way for KID to real faces)."""
+    return (RunManifest.load(run_dir).crop if run_dir is not None and is_run_dir(run_dir) else None) or "aligned"
+
+
 def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
     """The ``iddm evaluate`` command: load or generate the images, attack them, write the reports."""
     from iddm.images import ensure_writable_dir
@@ -321,6 +327,9 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateReport:
         images, reference, gallery, recognizers, roles(config.run_dir, recognizers), names, config.robustness,
         config.run_dir, prompts, config.clip_model, vanilla, purifiers,
     )  # fmt: skip
+    if evaluation.utility.face is not None:
+        real = reference_images + [photo for photos in distractor_images.values() for photo in photos]
+        add_kid_to_real(evaluation.utility.face, images, vanilla, real, _run_crop(config.run_dir))
     if evaluation.utility.undetected_images:
         warnings.append(f"no face detected in {', '.join(evaluation.utility.undetected_images)}")
     report = EvaluateReport(
