@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from iddm.evaluate.cells import load_cell
-from iddm.evaluate.face_utility import kid_to_real, real_face_features
+from iddm.evaluate.face_utility import kid_to_real, photos_of, real_face_features
 from iddm.images import atomic_write_text, list_photos, load_photo
 
 
@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="Also write the table here (Markdown).")
     args = parser.parse_args()
     photos = [path for folder in sorted(args.dataset.glob("*/set_C")) for path in list_photos(folder, min_photos=1)]
-    reference = real_face_features(photos, args.resolution, "aligned")
+    reference = real_face_features(photos_of(photos), args.resolution, "aligned")
     rows = []
     for folder in args.benchmark:
         for path in sorted(folder.glob("cells/*/*/cell.json")):

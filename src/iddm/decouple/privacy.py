@@ -13,7 +13,8 @@ Stage 1 fraction       0.5 + 0.25 p                0.58, 0.67, 0.75 of max_train
 lambda_gen, _data      1.0, 1.0                    identity loss on x̂0 and on the photos
 lambda_fid             0.01 (1 - p)                0.0067, 0.0034, 0 (MSE penalty, per 8-bit level²)
 lambda_model           0.0                         (Stage 2 model-side term, off)
-lambda_natural         0.0 (option)                the model's denoising loss on the photos (realism)
+lambda_natural         the model's recommendation  the model's denoising loss on the photos (realism;
+                                                   128-px prior 1, others 0)
 face jitter            0 (option)                  e.g. 0.2: scale 1±0.2, ±12°, shift ±0.1 (input diversity)
 decoy                  none (option)               e.g. iddm:composite: pull toward five strangers' mean
 low frequency          1 (option)                  e.g. 4: step δ in 4x4-block structure only
@@ -81,10 +82,11 @@ class PrivacyConfig:
     lambda_model: float | None = field(
         None, help="Stage 2: weight of a model-side identity term on x̂0 (0: off).", ge=0
     )
-    lambda_natural: float = field(
-        0.0,
+    lambda_natural: float | None = field(
+        None,
         help="Weight of the current model's denoising loss on the decoupled photos in each data step (0: off): keeps "
-        "them where the model finds faces likely, so the perturbation is drawn as a face rather than as texture.",
+        "them where the model finds faces likely, so the perturbation is drawn as a face rather than as texture. "
+        "Empty: the base model's recommendation (128-px face prior: 1; others: 0).",
         ge=0,
     )
     identity_loss: IdentityLossName = field(
@@ -322,7 +324,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         warp=pick(config.warp, WARP_PER_LEVEL * level),
         warp_grid=config.warp_grid,
         delta_grid=config.delta_grid,
-        lambda_natural=config.lambda_natural,
+        lambda_natural=pick(config.lambda_natural, 0.0),
         data_step_checkpointing=config.data_step_checkpointing,
     )
     # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and

@@ -150,6 +150,8 @@ class Backbone(ABC):
             # IDDM's K: at SD scale a data step costs about 2 personalization steps (H200, benchmarks/), so rounds
             # of 50 keep the data steps near a fifth of the time. Models where FR dominates a data step want more.
             "round_steps": 50,
+            # The realism term of IDDM's data step (iddm.decouple.objective); measured only on the 128-px prior.
+            "lambda_natural": 0.0,
         }
 
     def check_method(self, method: str) -> str:

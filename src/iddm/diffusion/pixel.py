@@ -80,6 +80,7 @@ class PixelBackbone(Backbone):
             "lora_rank": 4,
             "lora_target_modules": ["to_k", "to_q", "to_v", "to_out.0"],
             "round_steps": 50,
+            "lambda_natural": 0.0,
         }
 
     def check_method(self, method: str) -> str:

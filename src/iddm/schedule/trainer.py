@@ -60,6 +60,10 @@ class RunResult:
     log: dict = field(default_factory=dict)
 
 
+RECOMMENDED_PRIVACY = ("round_steps", "lambda_natural")
+"""IDDM options whose default depends on the base model (:meth:`iddm.diffusion.Backbone.recommended`)."""
+
+
 def resolve_options(config: PersonalizeConfig, backbone: Backbone) -> PersonalizeConfig:
     """``config`` with every empty option that the model recommends filled in (explicit options win)."""
     method = backbone.check_method(config.method)
@@ -67,8 +71,9 @@ def resolve_options(config: PersonalizeConfig, backbone: Backbone) -> Personaliz
     values = {name: recommended[name] for name in RECOMMENDED_OPTIONS if getattr(config, name) is None}
     if config.lora_target_modules is None:
         values["lora_target_modules"] = list(recommended["lora_target_modules"])
-    if config.privacy_config.round_steps is None:
-        values["privacy_config"] = dataclasses.replace(config.privacy_config, round_steps=recommended["round_steps"])
+    privacy = {name: recommended[name] for name in RECOMMENDED_PRIVACY if getattr(config.privacy_config, name) is None}
+    if privacy:
+        values["privacy_config"] = dataclasses.replace(config.privacy_config, **privacy)
     resolved = dataclasses.replace(config, method=method, **values)
     if config.with_prior_preservation and not backbone.supports_prior_preservation:
         raise ConfigError(
