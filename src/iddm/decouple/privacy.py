@@ -22,7 +22,8 @@ surrogates per step    all (option)                e.g. 1: one surrogate per ide
 surrogate precision    fp32 (option)               bf16: the surrogates under bfloat16 autocast
 warp (px per 64 px)    3 p                         0.99, 1.98, 3 (smooth reshaping of the faces)
 warp grid              8 (option)                  control points per side of the warp
-delta grid             0 (option)                  e.g. 16: δ held on a 16x16 grid, upsampled smoothly
+delta grid             the model's recommendation  δ held on a g x g grid, upsampled smoothly (128-px
+                                                   prior 16, others 0: per pixel)
 =====================  ==========================  ==========================================
 
 ``p = 0`` disables every data step: exactly vanilla personalization. Every value can be overridden.
@@ -145,10 +146,11 @@ class PrivacyConfig:
         ge=2,
         le=64,
     )
-    delta_grid: int = field(
-        0,
+    delta_grid: int | None = field(
+        None,
         help="Hold the perturbation on a g x g grid per colour channel, upsampled bicubically to the photos: smooth "
-        "shading and colour changes instead of per-pixel texture a LoRA would learn (0: per pixel; e.g. 16).",
+        "shading and colour changes instead of per-pixel texture a LoRA would learn (0: per pixel; e.g. 16). "
+        "Empty: the base model's recommendation (128-px face prior: 16; others: 0).",
         ge=0,
         le=1024,
     )
@@ -323,7 +325,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         cloak_steps=config.cloak_steps,
         warp=pick(config.warp, WARP_PER_LEVEL * level),
         warp_grid=config.warp_grid,
-        delta_grid=config.delta_grid,
+        delta_grid=pick(config.delta_grid, 0),
         lambda_natural=pick(config.lambda_natural, 0.0),
         data_step_checkpointing=config.data_step_checkpointing,
     )

@@ -152,6 +152,7 @@ class Backbone(ABC):
             "round_steps": 50,
             # The realism term of IDDM's data step (iddm.decouple.objective); measured only on the 128-px prior.
             "lambda_natural": 0.0,
+            "delta_grid": 0,
         }
 
     def check_method(self, method: str) -> str:

@@ -81,6 +81,7 @@ class PixelBackbone(Backbone):
             "lora_target_modules": ["to_k", "to_q", "to_v", "to_out.0"],
             "round_steps": 50,
             "lambda_natural": 0.0,
+            "delta_grid": 0,
         }
 
     def check_method(self, method: str) -> str:

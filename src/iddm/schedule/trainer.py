@@ -60,7 +60,7 @@ class RunResult:
     log: dict = field(default_factory=dict)
 
 
-RECOMMENDED_PRIVACY = ("round_steps", "lambda_natural")
+RECOMMENDED_PRIVACY = ("round_steps", "lambda_natural", "delta_grid")
 """IDDM options whose default depends on the base model (:meth:`iddm.diffusion.Backbone.recommended`)."""
 
 
