@@ -143,14 +143,14 @@ def test_the_base_model_sets_the_round_length_and_realism_weight_unless_given():
     from iddm.diffusion import load_backbone
     from iddm.schedule.trainer import resolve_options
 
-    def resolved(model: str, **options) -> tuple[int, float]:
+    def resolved(model: str, **options) -> tuple[int, float, int]:
         config = build_config(PersonalizeConfig, {"photos": "p", "output_dir": "o", "privacy": "high", **options})
         settings = resolve_privacy(resolve_options(config, load_backbone(model)).privacy_config)
-        return settings.round_steps, settings.lambda_natural
+        return settings.round_steps, settings.lambda_natural, settings.delta_grid
 
-    assert resolved("iddm:face-prior-128") == (125, 1.0)  # measured there: docs/results/frontier_128_cfp.md
-    assert resolved("iddm:face-prior-128", lambda_natural=0.0, round_steps=10) == (10, 0.0)
-    assert resolved("iddm:micro") == (50, 0.0)
+    assert resolved("iddm:face-prior-128") == (125, 1.0, 16)  # measured there: docs/results/frontier_128_cfp.md
+    assert resolved("iddm:face-prior-128", lambda_natural=0.0, round_steps=10, delta_grid=0) == (10, 0.0, 0)
+    assert resolved("iddm:micro") == (50, 0.0, 0)
 
 
 def test_schedule_runs_the_configured_rounds_and_writes_audit_outputs(train_dir, tmp_path):

@@ -34,10 +34,12 @@ RECOMMENDED_LORA = {
     # Rounds of 125 keep IDDM at high near 1.3x the vanilla wall time; rounds of 250 were cheaper but let the
     # black-box attacker link 2 of 3 held-out people (measured, README Results).
     "round_steps": 125,
-    # IDDM's realism term (the model's denoising loss on the decoupled photos): at high on two held-out CFP people
-    # it kept the avatars faces (detection 0.97 vs 0.75, KID to real faces 1.3x vanilla's vs 1.5-2.0x) at the same
-    # black-box linkability (docs/results/frontier_128_cfp.md).
+    # IDDM's realism term (the model's denoising loss on the decoupled photos) and a smooth δ (16 x 16 grid): at high
+    # on two held-out CFP people the avatars stayed faces (detection 0.97 vs 0.75, KID to real faces 1.1x vanilla's
+    # vs 1.7x) without per-pixel texture, and dlib linked fewer (R1-U 0.03, match 0.00 vs 0.00 / 0.11)
+    # (docs/results/frontier_128_cfp.md).
     "lambda_natural": 1.0,
+    "delta_grid": 16,
 }
 """LoRA settings for ``iddm personalize`` on the prior (measured: README Results, docs/prior.md)."""
 
