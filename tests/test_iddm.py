@@ -194,9 +194,10 @@ def test_resume_in_stage1_equals_uninterrupted(warp, train_dir, tmp_path):
 
 def test_a_warp_reshapes_the_faces_within_its_budget(photos64, tmp_path):
     # A negligible δ budget: whatever lowers the identity loss here is the warp.
-    settings = _settings(privacy="high", eot=[], lambda_gen=0.0, epsilon=1e-6, warp=2.0)
+    settings = _settings(privacy="high", eot=[], lambda_gen=0.0, epsilon=1e-6, warp=2.0, warp_grid=4)
     optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
     clean, indices = photos64.images, torch.arange(len(photos64.images))
+    assert optimizer.perturbation.flow.shape == (len(clean), 2, 4, 4)  # --warp_grid control points
     before, _ = optimizer.identity(clean, indices)
     record = optimizer.run_round(PixelBackbone.from_scratch(64), clean, "p", 4, torch.Generator().manual_seed(0))
     perturbation = optimizer.perturbation
