@@ -231,3 +231,25 @@ def test_an_unreachable_cluster_fails_within_seconds(tmp_path, identity_photos, 
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"iddm benchmark: error: --ray_address 127.0.0.1:{port}: nothing answers there")
     assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_cell_log_does_not_leave_library_handlers_on_its_closed_file(tmp_path):
+    """A worker runs several cells: a library's console handler created during one cell (bound to the redirected
+    stderr, as diffusers does) must log to the next cell's file, not fail on the first's closed one."""
+    import logging
+
+    from iddm.evaluate.cells import _cell_log
+
+    library = logging.getLogger("library_like_diffusers")
+    library.propagate = False
+    try:
+        with _cell_log(tmp_path / "first.log", capture_output=True):
+            library.addHandler(logging.StreamHandler())  # binds to sys.stderr, the first cell's file
+            library.warning("in the first cell")
+        with _cell_log(tmp_path / "second.log", capture_output=True):
+            library.warning("in the second cell")
+    finally:
+        library.handlers.clear()
+    assert "in the first cell" in (tmp_path / "first.log").read_text()
+    second = (tmp_path / "second.log").read_text()
+    assert "in the second cell" in second and "Logging error" not in second

@@ -389,15 +389,42 @@ def _cell_log(path: Path, capture_output: bool):
         root.setLevel(logging.INFO)
     try:
         if capture_output:
-            with open(path, "a", encoding="utf-8", buffering=1) as stream:
-                with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-                    yield
+            with open(path, "a", encoding="utf-8", buffering=1) as stream, _redirected_output(stream):
+                yield
         else:
             yield
     finally:
         root.removeHandler(handler)
         root.setLevel(previous_level)
         handler.close()
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    return [h for logger in loggers for h in logger.handlers if type(h) is logging.StreamHandler]
+
+
+@contextlib.contextmanager
+def _redirected_output(stream):
+    """stdout and stderr into ``stream``, and with them the libraries' console log handlers (diffusers and
+    transformers bind theirs to ``sys.stderr`` once): a Ray worker runs several cells, and a handler left on one
+    cell's closed log file would fail on every later warning."""
+    import sys
+
+    original = sys.stderr
+    for handler in _stream_handlers():
+        if handler.stream is original:
+            handler.setStream(stream)
+    try:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield
+    finally:
+        for handler in _stream_handlers():
+            if handler.stream is stream:
+                handler.setStream(original)
 
 
 def record_failure(cell: Cell, output_dir: Path, error: str, seconds: float = 0.0) -> CellFailure:
