@@ -417,14 +417,23 @@ def _redirected_output(stream):
     original = sys.stderr
     for handler in _stream_handlers():
         if handler.stream is original:
-            handler.setStream(stream)
+            _retarget(handler, stream)
     try:
         with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
             yield
     finally:
         for handler in _stream_handlers():
             if handler.stream is stream:
-                handler.setStream(original)
+                _retarget(handler, original)
+
+
+def _retarget(handler: logging.StreamHandler, stream) -> None:
+    """``handler.setStream`` without its flush of the old stream, which may be closed (a Ray worker's stderr was)."""
+    handler.acquire()
+    try:
+        handler.stream = stream
+    finally:
+        handler.release()
 
 
 def record_failure(cell: Cell, output_dir: Path, error: str, seconds: float = 0.0) -> CellFailure:
