@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,40 +97,19 @@ def test_two_workers_give_the_sequential_results(tmp_path, identity_photos, opti
         assert "started" in log and "finished in" in log and "personalize" in log  # its progress bars too
 
 
-def _own_cell_workers() -> list[int]:
-    """PIDs of the Ray workers running a cell (``ray::execute_cell``) that descend from this test process: never
-    those of another Ray cluster on the machine."""
-    listing = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-    parent, workers = {}, []
-    for line in listing.splitlines()[1:]:
-        pid, ppid, *args = line.split(maxsplit=2)
-        parent[int(pid)] = int(ppid)
-        if args and args[0].startswith("ray::execute_cell"):
-            workers.append(int(pid))
-
-    def descends(pid: int) -> bool:
-        while pid > 1:
-            if pid == os.getpid():
-                return True
-            pid = parent.get(pid, 0)
-        return False
-
-    return [pid for pid in workers if descends(pid)]
-
-
-def _kill_first_cell_worker(stop: threading.Event, killed: list[int], after: Path) -> None:
-    """Once ``after`` exists, SIGKILL the first of this test's Ray workers seen running a cell."""
-    while not stop.is_set() and not after.is_file():
-        time.sleep(0.3)
+def _kill_a_running_cell(stop: threading.Event, killed: list[str], cells: list[Path]) -> None:
+    """SIGKILL the Ray worker of the first of ``cells`` seen running: started (its log names its process) and not
+    finished (no ``cell.json`` yet)."""
     while not stop.is_set() and not killed:
-        for pid in _own_cell_workers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:  # that cell just ended
+        for folder in cells:
+            log = folder / "cell.log"
+            found = re.search(r"started in process (\d+)", log.read_text()) if log.is_file() else None
+            if found is None or (folder / "cell.json").exists():
                 continue
-            killed.append(pid)
+            os.kill(int(found.group(1)), signal.SIGKILL)
+            killed.append(folder.parent.name)
             return
-        time.sleep(0.3)
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -141,11 +121,13 @@ def test_failed_cells_are_recorded_and_only_they_are_retried(tmp_path, identity_
     (broken / "b.jpg").write_bytes(identity_photos["ardern"][0].read_bytes())
     out = tmp_path / "out"
     stop, killed = threading.Event(), []
-    broken_error = out / "cells" / "broken" / "vanilla-off-seed0" / "error.json"  # fails at once: no face to train on
-    killer = threading.Thread(target=_kill_first_cell_worker, args=(stop, killed, broken_error))
+    survivors = [out / "cells" / name / "vanilla-off-seed0" for name in ("obama", "macron")]
+    killer = threading.Thread(target=_kill_a_running_cell, args=(stop, killed, survivors))
     killer.start()
+    args = _args(dataset, out, options, "--methods", "vanilla")
+    args[args.index("--max_train_steps") + 1] = "40"  # a cell runs for seconds: long enough to be caught running
     try:
-        assert main(_args(dataset, out, options, "--methods", "vanilla", "--workers", "2")) == 1
+        assert main([*args, "--workers", "2"]) == 1
     finally:
         stop.set()
         killer.join()
@@ -158,6 +140,7 @@ def test_failed_cells_are_recorded_and_only_they_are_retried(tmp_path, identity_
     assert "broken" in failed and len(failed) == 2  # the broken folder, and the cell whose worker was killed
     assert "no usable photo" in rows["broken"]["error"] or "face" in rows["broken"]["error"]
     (crashed,) = failed - {"broken"}
+    assert killed == [crashed]
     assert "Worker" in rows[crashed]["error"] or "died" in rows[crashed]["error"], rows[crashed]["error"]
     assert (
         "failed" in (out / "results.md").read_text()
@@ -168,7 +151,7 @@ def test_failed_cells_are_recorded_and_only_they_are_retried(tmp_path, identity_
     stamp = finished.stat().st_mtime_ns
 
     save_png(broken / "a.png", load_photo(identity_photos["ardern"][1]))  # mend the folder, rerun sequentially
-    assert main(_args(dataset, out, options, "--methods", "vanilla")) == 0
+    assert main(args) == 0
     assert finished.stat().st_mtime_ns == stamp  # a finished cell is never recomputed
     assert [r["status"] for r in _rows(out)] == ["done"] * 3
     assert not list((out / "cells").glob("*/*/error.json"))

@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import logging
+import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -468,7 +469,7 @@ def execute_cell(
     use_model_path(plan.mobilefacenet)  # a Ray worker is a fresh process
     started = time.perf_counter()
     with _cell_log(folder / LOG_NAME, capture_output):
-        logger.info("Cell %s started.", cell.label)
+        logger.info("Cell %s started in process %d.", cell.label, os.getpid())  # which Ray worker, to inspect it
         try:
             record = run_cell(cell, identity, faces, plan)
         except (Exception, MemoryError) as err:  # noqa: BLE001 - a failing cell must not stop the others
