@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from iddm.config import build_config
 from iddm.decouple import ObjectiveInputs, build_data_optimizer, identity_terms, resolve_privacy
-from iddm.decouple.objective import aspl_objective, warp
+from iddm.decouple.objective import aspl_objective, limit_chroma, warp
 from iddm.decouple.transforms import EOT_TRANSFORMS, differentiable_jpeg, jitter_faces, sample_transform
 from iddm.diffusion import PixelBackbone, prepare_photos
 from iddm.diffusion.objectives import latent_keep_mask, predicted_x0, training_target, uniform_timesteps
@@ -226,6 +226,25 @@ def test_grid_perturbation_is_smooth_bounded_and_decouples(photos32):
     assert perturbation.state()["delta"].shape == (3, 3, 8, 8)
     assert roughness[8] < 0.3 * roughness[0]  # shading, not pixel-to-pixel texture
     assert cosine[8] < optimizer.identity.cosines(images, indices)["sface"].mean().item() - 0.02
+
+
+def test_chroma_limit_keeps_the_perturbation_grey_and_still_decouples(photos32):
+    """``delta_chroma`` bounds δ's colour part (its difference from the channels' grey mean): 0 gives a grey δ, which
+    cannot shift hue or skin tone, and its data steps still lower the surrogate's cosine to the user."""
+    images, indices = photos32.images, torch.arange(3)
+    for chroma in (0.0, 0.25):
+        settings = _settings(
+            privacy="high", eot=[], lambda_gen=0.0, delta_grid=8, delta_chroma=chroma, warp=0.0, step_size=4 / 255
+        )
+        optimizer = build_data_optimizer(settings, photos32, torch.device("cpu"))
+        optimizer.run_round(PixelBackbone.from_scratch(32), images, "p", 6, torch.Generator().manual_seed(0))
+        delta = optimizer.perturbation.delta
+        colour = (delta - delta.mean(dim=1, keepdim=True)).abs().max().item()
+        assert colour <= chroma * settings.epsilon + 1e-7 and delta.abs().max() > 0.5 * settings.epsilon
+        cosine = optimizer.identity.cosines(optimizer.perturbation.perturbed(images), indices)["sface"].mean().item()
+        assert cosine < optimizer.identity.cosines(images, indices)["sface"].mean().item() - 0.02
+    unlimited = limit_chroma(torch.tensor([[0.03, -0.03, 0.0]]).view(1, 3, 1, 1), 1.0)
+    assert torch.equal(unlimited.flatten(), torch.tensor([0.03, -0.03, 0.0]))  # below the bound: unchanged
 
 
 def test_naturalness_term_moves_the_photos_where_the_model_denoises_well(photos32):

@@ -125,7 +125,9 @@ class DataOptimizer:
                 perturbation.flow = (flow - bound / 8 * gradients[1].sign()).clamp(-bound, bound)
             base = perturbation.base(inputs.clean)
             gradient = low_frequency(gradients[0], s.low_frequency)
-            perturbation.delta = signed_gradient_step(perturbation.delta, gradient, s.step_size, base, s.epsilon)
+            perturbation.delta = signed_gradient_step(
+                perturbation.delta, gradient, s.step_size, base, s.epsilon, s.delta_chroma
+            )
         logged["loss"] = float(loss.detach())
         return logged
 

@@ -76,15 +76,32 @@ def project(delta: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.T
     return apply(clean, delta.clamp(-epsilon, epsilon)) - clean
 
 
+def limit_chroma(delta: torch.Tensor, bound: float) -> torch.Tensor:
+    """``delta`` ``(N, 3, ...)`` with its colour part (each channel's difference from the three channels' mean, the
+    grey part) scaled down per pixel to at most ``±bound``: the grey part is kept, so 0 leaves a grey δ that
+    changes shading but never hue. Scaling (not clipping) keeps the colour part's mean at 0 and a δ inside an L∞
+    ball inside it."""
+    grey = delta.mean(dim=1, keepdim=True)
+    colour = delta - grey
+    largest = colour.abs().amax(dim=1, keepdim=True)
+    return grey + colour * (bound / largest.clamp_min(1e-12)).clamp(max=1.0)
+
+
 def signed_gradient_step(
-    delta: torch.Tensor, gradient: torch.Tensor, step_size: float, clean: torch.Tensor, epsilon: float
+    delta: torch.Tensor,
+    gradient: torch.Tensor,
+    step_size: float,
+    clean: torch.Tensor,
+    epsilon: float,
+    chroma: float = 1.0,
 ) -> torch.Tensor:
     """One projected signed-gradient descent step on ``delta`` (per pixel, or a coarse grid: see :func:`expand`,
-    whose grid is kept in the L∞ ball only, the image range being enforced when it is applied)."""
-    stepped = delta - step_size * gradient.sign()
-    if delta.shape != clean.shape:
-        return stepped.clamp(-epsilon, epsilon)
-    return project(stepped, clean, epsilon)
+    whose grid is kept in the L∞ ball only, the image range being enforced when it is applied). With ``chroma`` < 1
+    the colour part of δ is held within ``chroma · epsilon`` (:func:`limit_chroma`)."""
+    stepped = (delta - step_size * gradient.sign()).clamp(-epsilon, epsilon)
+    if chroma < 1:
+        stepped = limit_chroma(stepped, chroma * epsilon)
+    return stepped if delta.shape != clean.shape else project(stepped, clean, epsilon)
 
 
 def low_frequency(gradient: torch.Tensor, factor: int) -> torch.Tensor:

@@ -154,6 +154,13 @@ class PrivacyConfig:
         ge=0,
         le=1024,
     )
+    delta_chroma: float = field(
+        1.0,
+        help="Hold the colour part of the perturbation (each channel's difference from the grey mean of the three) "
+        "within this fraction of epsilon: 0 changes shading only, never hue or skin tone; 1: no extra limit.",
+        ge=0,
+        le=1,
+    )
     decoy: str = field(
         "none",
         help="Also pull the faces toward a decoy (its part orthogonal to the user): a photo, a folder of photos "
@@ -235,6 +242,7 @@ class PrivacySettings:
     warp: float = 0.0
     warp_grid: int = 8
     delta_grid: int = 0
+    delta_chroma: float = 1.0
     lambda_natural: float = 0.0
     data_step_checkpointing: bool = True
 
@@ -326,9 +334,10 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         warp=pick(config.warp, WARP_PER_LEVEL * level),
         warp_grid=config.warp_grid,
         delta_grid=pick(config.delta_grid, 0),
+        delta_chroma=config.delta_chroma,
         lambda_natural=pick(config.lambda_natural, 0.0),
         data_step_checkpointing=config.data_step_checkpointing,
     )
     # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
     # ASPL keep their published definitions (nothing is loaded, warped or recorded for them).
-    return settings if settings.white_box else replace(settings, decoy=None, warp=0.0, delta_grid=0)
+    return settings if settings.white_box else replace(settings, decoy=None, warp=0.0, delta_grid=0, delta_chroma=1.0)
