@@ -1,4 +1,5 @@
-"""How far each benchmark cell's generations are from real faces: KID to real photos, relative to vanilla's.
+"""How far each benchmark cell's generations are from real faces: KID to real photos and face-shape distance,
+relative to vanilla's.
 
     python benchmarks/realism_to_real.py --dataset runs/eval_cfp --benchmark runs/bench_cfp128m [--benchmark ...] \
         [--resolution 128] [--out docs/results/realism_to_real.md]
@@ -9,6 +10,8 @@ train (5-point alignment at ``--resolution``); the distance is :func:`iddm.evalu
 identity (from any of the ``--benchmark`` folders): people differ in how close even vanilla gets. ``iddm
 benchmark`` reports the same measure per folder (``KID→real``, its reference every photo no cell trains on); this
 script compares cells across folders (settings benchmarked separately, as ``benchmarks/frontier.py`` does).
+The face-shape distance (:func:`iddm.evaluate.geometry.shape_distances`, 68 points; 1.0 = a typical real face) is
+recomputed with the current code, so cells evaluated before a change of the measure are compared on the same one.
 """
 
 from __future__ import annotations
@@ -16,9 +19,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from iddm.evaluate.cells import load_cell
 from iddm.evaluate.face_utility import kid_to_real, photos_of, real_face_features
+from iddm.evaluate.geometry import shape_distances
+from iddm.faces import detect_faces
 from iddm.images import atomic_write_text, list_photos, load_photo
+
+
+def _ratio(value: float | None, baseline: float | None) -> str:
+    return "–" if value is None or not baseline else f"{value / baseline:.2f}"
+
+
+def _value(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> int:
@@ -36,19 +51,22 @@ def main() -> int:
             record = load_cell(path.parent)
             images = [load_photo(p) for p in sorted((folder / record.images_dir).glob("image_*.png"))]
             kid, _ = kid_to_real(images, reference)
-            rows.append((folder.name, record.identity, record.method, record.level, kid))
-    vanilla = {identity: kid for _, identity, method, _, kid in rows if method == "vanilla" and kid is not None}
+            shapes = shape_distances(images, [next(iter(detect_faces(image)), None) for image in images])
+            shape = float(np.mean(shapes)) if len(shapes) else None
+            rows.append((folder.name, record.identity, record.method, record.level, kid, shape))
+    vanilla = {row[1]: row[4:] for row in rows if row[2] == "vanilla"}
     lines = [
-        f"KID to {len(reference)} real gallery faces (TAEF2 features); ×vanilla: the same identity's vanilla cell.",
+        f"KID to {len(reference)} real gallery faces (TAEF2 features) and face-shape distance (68 points, 1.0 = a "
+        "typical real face); ×vanilla: the same identity's vanilla cell.",
         "",
-        "| benchmark | identity | method | level | KID→real | ×vanilla |",
-        "|---|---|---|---|---|---|",
+        "| benchmark | identity | method | level | KID→real | ×vanilla | shape | ×vanilla |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, identity, method, level, kid in rows:
-        ratio = kid / vanilla[identity] if kid is not None and identity in vanilla else None
+    for name, identity, method, level, kid, shape in rows:
+        base_kid, base_shape = vanilla.get(identity, (None, None))
         lines.append(
-            f"| {name} | {identity} | {method} | {level} | {'–' if kid is None else f'{kid:.3f}'} | "
-            f"{'–' if ratio is None else f'{ratio:.2f}'} |"
+            f"| {name} | {identity} | {method} | {level} | {_value(kid, 3)} | {_ratio(kid, base_kid)} | "
+            f"{_value(shape, 2)} | {_ratio(shape, base_shape)} |"
         )
     print("\n".join(lines))
     if args.out is not None:

@@ -39,8 +39,7 @@ from iddm.evaluate.attributes import (
     predict_crops,
     split_logits,
 )
-from iddm.evaluate.geometry import SHAPE_FILE, fit_mean_shape
-from iddm.faces import ARCFACE_TEMPLATE_112, detect_faces
+from iddm.faces import detect_faces
 from iddm.images import atomic_write_json, atomic_write_safetensors, atomic_write_text, load_photo
 from iddm.weights import write_manifest
 
@@ -52,6 +51,9 @@ A one-hidden-layer network on a HOG and an 8 x 8 colour thumbnail of 64-px align
 Z. Zhang, Y. Song, H. Qi, "Age Progression/Regression by Conditional Adversarial Autoencoder", CVPR 2017
 (https://susanqq.github.io/UTKFace/). UTKFace is available for **non-commercial research purposes only**;
 these weights inherit that restriction. No UTKFace photo is shipped. Held-out accuracy: `metrics.json`.
+
+`face_shape.json` is a statistical model of the same faces' shapes (dlib's 68 points: mean shape, 24 principal
+modes and their variances; `benchmarks/fit_face_shape.py`), under the same restriction.
 """
 
 
@@ -186,7 +188,6 @@ def main() -> None:
     )
     atomic_write_json(OUT / METRICS_FILE, metrics)
     atomic_write_text(OUT / "README.md", README)
-    atomic_write_json(OUT / SHAPE_FILE, fit_mean_shape(list(landmarks[~test]), ARCFACE_TEMPLATE_112))
     write_manifest(OUT)
 
 

@@ -80,7 +80,7 @@ def avatar_measures(
         agreement = attributes.attribute_agreement(photo_attributes, attributes.predict_faces(images, faces))
         if agreement is None:
             notes.append("no face among the user's photos or the avatars: attribute agreement undefined")
-    shapes = geometry.shape_distances(faces)
+    shapes = geometry.shape_distances(images, faces)
     return FaceUtility(
         num_faces=len(found),
         serfiq=_mean(face_quality.serfiq_scores(images, faces)),

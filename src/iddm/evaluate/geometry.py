@@ -1,15 +1,16 @@
 """Face geometry: how far decoupling reshaped the training photos, and how plausible the avatars' face shapes are.
 
-Both read YuNet's five landmarks (eyes, nose tip, mouth corners; :func:`iddm.faces.detect_faces`).
-
-* :func:`landmark_displacement`: mean distance between the landmarks of a clean training crop and of its
-  decoupled copy, in pixels per 64 px of crop side (a warp that moves a mouth corner by 2 px of a 64-px face
-  reads 2.0 at any resolution).
-* :func:`shape_distances`: each face's five points, aligned by a similarity transform (translation, rotation,
-  scale: pose and framing removed) onto the mean real face shape, and their RMS distance to it, divided by the
-  mean such distance of real faces. 1.0: as far from the mean shape as a typical real face; 1.6: a face whose
-  proportions are 1.6x as unusual. The mean shape and the real faces' mean distance come from UTKFace's faces
-  (``iddm/weights/attributes/face_shape.json``, written by ``benchmarks/train_attributes.py``).
+* :func:`landmark_displacement`: mean distance between YuNet's five landmarks (eyes, nose tip, mouth corners;
+  :func:`iddm.faces.detect_faces`) of a clean training crop and of its decoupled copy, in pixels per 64 px of crop
+  side (a warp that moves a mouth corner by 2 px of a 64-px face reads 2.0 at any resolution).
+* :func:`shape_distances`: how unusual each face's shape is, on dlib's 68 points (jaw, brows, nose, eyes, lips:
+  :class:`iddm.faces.dlib_backend.DlibLandmarks68`), which see what five points cannot (an enlarged nose, pulled
+  lips, eyes out of proportion: a caricature). Each shape is aligned by a similarity transform (pose and framing
+  removed) onto the mean real shape, projected on the main modes of real faces' shape variation, and its
+  Mahalanobis distance there (the RMS of its coordinates in units of each mode's real standard deviation) is
+  divided by real faces' mean distance. 1.0: as unusual as a typical real face; a mode real faces barely use
+  (nose width against face width) counts as much as one they use a lot (mouth open). The statistical shape model
+  comes from UTKFace's faces (``iddm/weights/attributes/face_shape.json``, ``benchmarks/fit_face_shape.py``).
 """
 
 from __future__ import annotations
@@ -21,53 +22,79 @@ from collections.abc import Sequence
 import numpy as np
 
 from iddm.faces import DetectedFace, similarity_transform
+from iddm.faces.dlib_backend import DlibLandmarks68
 
 SHAPE_FILE = "face_shape.json"
 
 
-def _aligned(landmarks: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``(5, 2)`` landmarks mapped onto ``reference`` by the least-squares similarity transform."""
-    matrix = similarity_transform(np.asarray(landmarks, np.float64), reference)
-    return landmarks @ matrix[:, :2].T + matrix[:, 2]
+def _aligned(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(K, 2)`` points mapped onto ``reference`` ``(K, 2)`` by the least-squares similarity transform."""
+    matrix = similarity_transform(np.asarray(points, np.float64), reference)
+    return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def shape_residuals(landmarks: Sequence[np.ndarray], reference: np.ndarray) -> np.ndarray:
-    """``(N,)`` RMS distance of each aligned shape to ``reference`` (in ``reference``'s pixels)."""
-    return np.array([np.sqrt(np.mean(np.sum((_aligned(p, reference) - reference) ** 2, axis=1))) for p in landmarks])
-
-
-def fit_mean_shape(landmarks: Sequence[np.ndarray], start: np.ndarray, iterations: int = 5) -> dict:
-    """Generalized Procrustes mean of real faces' landmarks (starting from ``start``, kept at its scale) and the
-    mean and standard deviation of the real faces' residuals to it: the content of ``face_shape.json``."""
-    mean = np.asarray(start, np.float64)
+def procrustes_mean(shapes: Sequence[np.ndarray], iterations: int = 5) -> np.ndarray:
+    """Generalized Procrustes mean ``(K, 2)`` of ``shapes`` (each ``(K, 2)``), at the first mean's scale."""
+    start = np.mean(np.asarray(shapes, np.float64), axis=0)
+    mean = start
     for _ in range(iterations):
-        aligned = np.stack([_aligned(p, mean) for p in landmarks]).mean(0)
-        mean = _aligned(aligned, np.asarray(start, np.float64))  # keep the template's scale and position
-    residuals = shape_residuals(landmarks, mean)
-    return {
+        mean = _aligned(np.mean([_aligned(p, mean) for p in shapes], axis=0), start)
+    return mean
+
+
+def fit_shape_model(shapes: Sequence[np.ndarray], modes: int) -> dict:
+    """A statistical shape model of real faces' ``(K, 2)`` shapes: their Procrustes mean, the first ``modes``
+    principal modes of the aligned shapes with their variances, and the real faces' mean and standard deviation of
+    :func:`mahalanobis` (the content of ``face_shape.json``; normalize by the mean)."""
+    mean = procrustes_mean(shapes)
+    offsets = np.stack([(_aligned(p, mean) - mean).ravel() for p in shapes])
+    _, singular, vectors = np.linalg.svd(offsets - offsets.mean(0), full_matrices=False)
+    variances = singular**2 / (len(shapes) - 1)
+    model = {
+        "points": int(mean.shape[0]),
         "mean_shape": mean.round(4).tolist(),
-        "real_residual_mean": float(residuals.mean()),
-        "real_residual_std": float(residuals.std()),
-        "num_faces": len(landmarks),
+        "modes": vectors[:modes].round(6).tolist(),
+        "variances": variances[:modes].round(6).tolist(),
+        "explained": float(variances[:modes].sum() / variances.sum()),
+        "num_faces": len(shapes),
     }
+    distances = mahalanobis(shapes, model)
+    return {**model, "real_distance_mean": float(distances.mean()), "real_distance_std": float(distances.std())}
+
+
+def mahalanobis(shapes: Sequence[np.ndarray], model: dict) -> np.ndarray:
+    """``(N,)`` RMS over the model's modes of each aligned shape's coordinate in units of that mode's standard
+    deviation (1 for a face whose every mode is one real standard deviation from the mean)."""
+    if len(shapes) == 0:
+        return np.zeros(0)
+    mean = np.asarray(model["mean_shape"], np.float64)
+    modes, variances = np.asarray(model["modes"]), np.asarray(model["variances"])
+    offsets = np.stack([(_aligned(p, mean) - mean).ravel() for p in shapes])
+    return np.sqrt(np.mean((offsets @ modes.T) ** 2 / variances, axis=1))
 
 
 @functools.cache
 def real_face_shape() -> dict:
-    """The shipped ``face_shape.json`` (mean shape and real faces' residual statistics)."""
+    """The shipped ``face_shape.json`` (real faces' statistical shape model)."""
     from iddm.evaluate.attributes import weights_dir
 
     return json.loads((weights_dir() / SHAPE_FILE).read_text())
 
 
-def shape_distances(faces: Sequence[DetectedFace | None]) -> np.ndarray:
+@functools.cache
+def _landmarks68() -> DlibLandmarks68:
+    return DlibLandmarks68()
+
+
+def face_shapes(images: Sequence[np.ndarray], faces: Sequence[DetectedFace | None]) -> list[np.ndarray]:
+    """dlib's 68 points ``(68, 2)`` of every detected face (``uint8`` RGB images, in order; undetected: skipped)."""
+    return [_landmarks68()(image, face.landmarks) for image, face in zip(images, faces) if face is not None]
+
+
+def shape_distances(images: Sequence[np.ndarray], faces: Sequence[DetectedFace | None]) -> np.ndarray:
     """``(n,)`` shape distance (1.0 = a typical real face) of each detected face, in order."""
-    statistics = real_face_shape()
-    landmarks = [face.landmarks for face in faces if face is not None]
-    if not landmarks:
-        return np.zeros(0)
-    mean = np.asarray(statistics["mean_shape"], np.float64)
-    return shape_residuals(landmarks, mean) / statistics["real_residual_mean"]
+    model = real_face_shape()
+    return mahalanobis(face_shapes(images, faces), model) / model["real_distance_mean"]
 
 
 def landmark_displacement(

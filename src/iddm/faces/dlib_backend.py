@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iddm.faces.align import scaled_template
+from iddm.faces.align import align_crop, scaled_template
 from iddm.faces.base import FaceRecognizer
 from iddm.faces.cache import package_file
 
@@ -119,3 +119,25 @@ class DlibResNet(FaceRecognizer):
         descriptors = [d[0] for d in self._net.compute_face_descriptor(crops, shapes)]
         embeddings = torch.tensor(np.array([np.asarray(d) for d in descriptors]), dtype=torch.float32)
         return torch.nn.functional.normalize(embeddings, dim=1)
+
+
+class DlibLandmarks68:
+    """dlib's 68-point face shape (jaw, brows, nose, eyes, lips; the iBUG 300-W layout) of YuNet-detected faces.
+
+    Five points cannot see a caricature (an enlarged nose, pulled lips, eyes out of proportion); 68 can. Like
+    :class:`DlibResNet`, each face is first aligned by its YuNet landmarks onto :data:`DLIB_TEMPLATE_200` and dlib's
+    predictor runs on the fixed face rectangle of that crop, so the points do not depend on dlib's own detector.
+    """
+
+    def __init__(self) -> None:
+        dlib = _import_dlib()
+        self._predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
+        (left, top), (right, bottom) = np.round(_RECT_200).astype(int)
+        self._rect = dlib.rectangle(int(left), int(top), int(right), int(bottom))
+
+    def __call__(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """``(68, 2)`` float ``(x, y)`` in the pixels of the 200-px aligned crop, for the face whose YuNet landmarks
+        ``(5, 2)`` are given in ``image`` (``uint8`` RGB ``(H, W, 3)``)."""
+        crop = align_crop(image, landmarks, DLIB_TEMPLATE_200, INPUT_SIZE)
+        shape = self._predictor(crop, self._rect)
+        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], dtype=np.float64)
