@@ -65,10 +65,9 @@ def labels_of(path: Path) -> tuple[int, int, int, str] | None:
     return int(parts[1]), age_band(int(parts[0])), int(parts[2]), parts[3][:12]
 
 
-def load_crops(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], dict]:
-    """Aligned crops, labels ``(N, 3)``, landmarks ``(N, 5, 2)`` and split groups of every usable photo, and
-    what was left out."""
-    crops, labels, landmarks, groups, skipped = [], [], [], [], {"bad_name": 0, "no_face": 0}
+def load_crops(data: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """Aligned crops, labels ``(N, 3)`` and split groups of every usable photo, and what was left out."""
+    crops, labels, groups, skipped = [], [], [], {"bad_name": 0, "no_face": 0}
     for path in sorted(data.glob("*.jpg")):
         label = labels_of(path)
         if label is None:
@@ -81,9 +80,8 @@ def load_crops(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str
             continue
         crops.append(attribute_crop(image, faces[0]))
         labels.append(label[:3])
-        landmarks.append(faces[0].landmarks)
         groups.append(label[3])
-    return np.stack(crops), np.array(labels, dtype=np.int64), np.stack(landmarks), groups, skipped
+    return np.stack(crops), np.array(labels, dtype=np.int64), groups, skipped
 
 
 def held_out(groups: list[str], fraction: float, seed: int) -> np.ndarray:
@@ -163,11 +161,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.cache.is_file():
         cached = np.load(args.cache, allow_pickle=False)
-        crops, labels, landmarks = cached["crops"], cached["labels"], cached["landmarks"]
+        crops, labels = cached["crops"], cached["labels"]
         groups, skipped = list(cached["groups"]), json.loads(str(cached["skipped"]))
     else:
-        crops, labels, landmarks, groups, skipped = load_crops(args.data)
-        arrays = {"crops": crops, "labels": labels, "landmarks": landmarks, "groups": np.array(groups)}
+        crops, labels, groups, skipped = load_crops(args.data)
+        arrays = {"crops": crops, "labels": labels, "groups": np.array(groups)}
         np.savez(args.cache, **arrays, skipped=json.dumps(skipped))
     test = held_out(groups, args.held_out, args.seed)
     print(f"{len(crops)} faces ({skipped}); {int(test.sum())} held out in {len(set(np.array(groups)[test]))} groups")
