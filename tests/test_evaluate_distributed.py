@@ -218,7 +218,8 @@ def test_an_unreachable_cluster_fails_within_seconds(tmp_path, identity_photos, 
 
 def test_a_cell_log_does_not_leave_library_handlers_on_its_closed_file(tmp_path):
     """A worker runs several cells: a library's console handler created during one cell (bound to the redirected
-    stderr, as diffusers does) must log to the next cell's file, not fail on the first's closed one."""
+    stderr, its ``flush`` too, as diffusers and transformers do) must log to the next cell's file, not fail on the
+    first's closed one."""
     import logging
 
     from iddm.evaluate.cells import _cell_log
@@ -227,7 +228,9 @@ def test_a_cell_log_does_not_leave_library_handlers_on_its_closed_file(tmp_path)
     library.propagate = False
     try:
         with _cell_log(tmp_path / "first.log", capture_output=True):
-            library.addHandler(logging.StreamHandler())  # binds to sys.stderr, the first cell's file
+            handler = logging.StreamHandler()  # binds to sys.stderr, the first cell's file
+            handler.flush = sys.stderr.flush  # diffusers.utils.logging does this
+            library.addHandler(handler)
             library.warning("in the first cell")
         with _cell_log(tmp_path / "second.log", capture_output=True):
             library.warning("in the second cell")

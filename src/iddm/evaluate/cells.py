@@ -429,10 +429,13 @@ def _redirected_output(stream):
 
 
 def _retarget(handler: logging.StreamHandler, stream) -> None:
-    """``handler.setStream`` without its flush of the old stream, which may be closed (a Ray worker's stderr was)."""
+    """``handler.setStream`` without its flush of the old stream, which may be closed (a Ray worker's stderr was).
+    diffusers and transformers also bind the handler's ``flush`` to the stderr of the moment: rebound too."""
     handler.acquire()
     try:
         handler.stream = stream
+        if "flush" in vars(handler):
+            handler.flush = stream.flush
     finally:
         handler.release()
 
