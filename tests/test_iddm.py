@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -211,24 +210,6 @@ def test_a_warp_reshapes_the_faces_within_its_budget(photos64, tmp_path):
     restored = type(perturbation)(clean.shape, torch.device("cpu"))
     restored.load(tmp_path / "delta.safetensors")
     assert torch.equal(restored.perturbed(clean), perturbation.perturbed(clean))
-
-
-def test_a_symmetric_warp_keeps_a_symmetric_face_symmetric(photos64):
-    """``--warp_symmetric``: the learned field is its own mirror image, so a left-right symmetric photo (here each
-    photo's left half mirrored onto its right) is still symmetric after the warp, while the warp still decouples."""
-    clean = photos64.images
-    symmetric = torch.cat([clean[..., :32], clean[..., :32].flip(-1)], dim=-1)
-    photos = dataclasses.replace(photos64, images=symmetric)
-    settings = _settings(privacy="high", eot=[], lambda_gen=0.0, epsilon=1e-6, warp=2.0, warp_symmetric=True)
-    optimizer = build_data_optimizer(settings, photos, torch.device("cpu"))
-    indices = torch.arange(len(symmetric))
-    before, _ = optimizer.identity(symmetric, indices)
-    optimizer.run_round(PixelBackbone.from_scratch(64), symmetric, "p", 4, torch.Generator().manual_seed(0))
-    warped = optimizer.perturbation.base(symmetric)
-    assert optimizer.perturbation.flow.abs().max() > 0.1
-    assert torch.allclose(warped, warped.flip(-1), atol=1e-4)
-    after, _ = optimizer.identity(optimizer.perturbation.perturbed(symmetric), indices)
-    assert after.item() < before.item() - 0.01
 
 
 @pytest.mark.parametrize("method", ["lora", "dreambooth"])

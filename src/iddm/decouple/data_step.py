@@ -20,7 +20,6 @@ from iddm.decouple.objective import (
     apply,
     expand,
     low_frequency,
-    mirror_symmetric,
     signed_gradient_step,
     uniform_noise,
     warp,
@@ -124,8 +123,6 @@ class DataOptimizer:
             if flow is not None:
                 bound = s.warp * min(inputs.clean.shape[-2:]) / 64  # the budget is per 64 px of image side
                 perturbation.flow = (flow - bound / 8 * gradients[1].sign()).clamp(-bound, bound)
-                if s.warp_symmetric:
-                    perturbation.flow = mirror_symmetric(perturbation.flow)
             base = perturbation.base(inputs.clean)
             gradient = low_frequency(gradients[0], s.low_frequency)
             perturbation.delta = signed_gradient_step(

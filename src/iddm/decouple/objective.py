@@ -56,14 +56,6 @@ def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def mirror_symmetric(flow: torch.Tensor) -> torch.Tensor:
-    """The part of a displacement field ``(N, 2, g, g)`` (``x``, ``y`` in pixels) that is its own left-right mirror
-    image: a symmetric face stays symmetric under it. ``x`` displacements are odd across the vertical midline,
-    ``y`` even; each value is the mean of two within a bound, so it stays within that bound."""
-    mirrored = flow.flip(-1)
-    return torch.stack([flow[:, 0] - mirrored[:, 0], flow[:, 1] + mirrored[:, 1]], dim=1) / 2
-
-
 def expand(delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """δ at image resolution ``size``: ``delta`` itself when it is per pixel, else a coarse ``(N, 3, g, g)`` grid
     upsampled bicubically (differentiable). Bicubic overshoots its control values by a few percent; clamping to

@@ -146,11 +146,6 @@ class PrivacyConfig:
         ge=2,
         le=64,
     )
-    warp_symmetric: bool = field(
-        False,
-        help="Keep the warp its own left-right mirror image, so a symmetric face stays symmetric (features move in "
-        "pairs: eyes apart or together, not one eye pulled).",
-    )
     delta_grid: int | None = field(
         None,
         help="Hold the perturbation on a g x g grid per colour channel, upsampled bicubically to the photos: smooth "
@@ -246,7 +241,6 @@ class PrivacySettings:
     cloak_steps: int = 60
     warp: float = 0.0
     warp_grid: int = 8
-    warp_symmetric: bool = False
     delta_grid: int = 0
     delta_chroma: float = 1.0
     lambda_natural: float = 0.0
@@ -339,7 +333,6 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         cloak_steps=config.cloak_steps,
         warp=pick(config.warp, WARP_PER_LEVEL * level),
         warp_grid=config.warp_grid,
-        warp_symmetric=config.warp_symmetric,
         delta_grid=pick(config.delta_grid, 0),
         delta_chroma=config.delta_chroma,
         lambda_natural=pick(config.lambda_natural, 0.0),
