@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from train_attributes import OUT, held_out, labels_of
+from train_attributes import OUT, held_out, utkface_faces
 
 from iddm.evaluate.geometry import SHAPE_FILE, face_shapes, fit_shape_model, mahalanobis
-from iddm.faces import detect_faces
-from iddm.images import atomic_write_json, load_photo
+from iddm.images import atomic_write_json
 from iddm.weights import write_manifest
 
 
@@ -32,21 +31,11 @@ def load_shapes(data: Path) -> tuple[np.ndarray, list[str], dict]:
     """68-point shapes ``(N, 68, 2)`` of every photo with a face, their split groups, and what was skipped."""
     shapes, groups, skipped = [], [], {"bad_name": 0, "no_face": 0}
     started = time.monotonic()
-    paths = sorted(data.glob("*.jpg"))
-    for count, path in enumerate(paths, 1):
-        labels = labels_of(path)
-        if labels is None:
-            skipped["bad_name"] += 1
-            continue
-        photo = load_photo(path)
-        faces = detect_faces(photo)
-        if not faces:
-            skipped["no_face"] += 1
-            continue
-        shapes.append(face_shapes([photo], [max(faces, key=lambda f: f.size)])[0])
+    for count, (photo, face, labels) in enumerate(utkface_faces(data, skipped), 1):
+        shapes.append(face_shapes([photo], [face])[0])
         groups.append(labels[3])
         if count % 1000 == 0:
-            print(f"{count}/{len(paths)} photos, {time.monotonic() - started:.0f} s", flush=True)
+            print(f"{count} faces, {time.monotonic() - started:.0f} s", flush=True)
     return np.stack(shapes), groups, skipped
 
 

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from iddm.evaluate.attributes import (
     predict_crops,
     split_logits,
 )
-from iddm.faces import detect_faces
+from iddm.faces import DetectedFace, detect_faces
 from iddm.images import atomic_write_json, atomic_write_safetensors, atomic_write_text, load_photo
 from iddm.weights import write_manifest
 
@@ -65,20 +66,27 @@ def labels_of(path: Path) -> tuple[int, int, int, str] | None:
     return int(parts[1]), age_band(int(parts[0])), int(parts[2]), parts[3][:12]
 
 
-def load_crops(data: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
-    """Aligned crops, labels ``(N, 3)`` and split groups of every usable photo, and what was left out."""
-    crops, labels, groups, skipped = [], [], [], {"bad_name": 0, "no_face": 0}
+def utkface_faces(data: Path, skipped: dict[str, int]) -> Iterator[tuple[np.ndarray, DetectedFace, tuple]]:
+    """``(photo, its first face, its labels)`` of every usable UTKFace photo; counts what is left out in ``skipped``
+    (``bad_name``: no labels in the file name, ``no_face``: YuNet found none)."""
     for path in sorted(data.glob("*.jpg")):
         label = labels_of(path)
         if label is None:
-            skipped["bad_name"] += 1
+            skipped["bad_name"] = skipped.get("bad_name", 0) + 1
             continue
         image = load_photo(path)
         faces = detect_faces(image)
         if not faces:
-            skipped["no_face"] += 1
+            skipped["no_face"] = skipped.get("no_face", 0) + 1
             continue
-        crops.append(attribute_crop(image, faces[0]))
+        yield image, faces[0], label
+
+
+def load_crops(data: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """Aligned crops, labels ``(N, 3)`` and split groups of every usable photo, and what was left out."""
+    crops, labels, groups, skipped = [], [], [], {"bad_name": 0, "no_face": 0}
+    for image, face, label in utkface_faces(data, skipped):
+        crops.append(attribute_crop(image, face))
         labels.append(label[:3])
         groups.append(label[3])
     return np.stack(crops), np.array(labels, dtype=np.int64), groups, skipped
