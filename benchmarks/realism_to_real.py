@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from iddm.evaluate.cells import load_cell
-from iddm.evaluate.face_utility import kid_to_real, photos_of, real_face_features
+from iddm.evaluate.face_utility import kid_to_real, largest_face, photos_of, real_face_features
 from iddm.evaluate.geometry import shape_distances
-from iddm.faces import detect_faces
 from iddm.images import atomic_write_text, list_photos, load_photo
 
 
@@ -51,7 +50,7 @@ def main() -> int:
             record = load_cell(path.parent)
             images = [load_photo(p) for p in sorted((folder / record.images_dir).glob("image_*.png"))]
             kid, _ = kid_to_real(images, reference)
-            shapes = shape_distances(images, [next(iter(detect_faces(image)), None) for image in images])
+            shapes = shape_distances(images, [largest_face(image) for image in images])
             shape = float(np.mean(shapes)) if len(shapes) else None
             rows.append((folder.name, record.identity, record.method, record.level, kid, shape))
     vanilla = {row[1]: row[4:] for row in rows if row[2] == "vanilla"}

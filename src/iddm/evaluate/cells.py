@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -413,8 +414,6 @@ def _redirected_output(stream):
     """stdout and stderr into ``stream``, and with them the libraries' console log handlers (diffusers and
     transformers bind theirs to ``sys.stderr`` once): a Ray worker runs several cells, and a handler left on one
     cell's closed log file would fail on every later warning."""
-    import sys
-
     original = sys.stderr
     for handler in _stream_handlers():
         if handler.stream is original:

@@ -24,7 +24,8 @@ from iddm.images import PhotoError, list_photos, load_photo
 from iddm.run_layout import RunManifest, is_run_dir
 
 
-def _largest(image: np.ndarray) -> DetectedFace | None:
+def largest_face(image: np.ndarray) -> DetectedFace | None:
+    """The largest face YuNet finds in ``image`` (``uint8`` RGB), or ``None``."""
     faces = detect_faces(image)
     return faces[0] if faces else None
 
@@ -59,7 +60,7 @@ def sface_consistency(images: Sequence[np.ndarray], faces: Sequence[DetectedFace
 
 
 def _photo_attributes(photos: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], float | None]:
-    faces = [_largest(p) for p in photos]
+    faces = [largest_face(p) for p in photos]
     colour = float(np.mean([attributes.is_colour(p) for p in photos])) if photos else None
     return attributes.predict_faces(photos, faces), colour
 
@@ -68,7 +69,7 @@ def avatar_measures(
     images: Sequence[np.ndarray], photo_attributes: dict[str, np.ndarray] | None, colour_photos: float | None
 ) -> FaceUtility:
     """SER-FIQ, consistency, attribute agreement, colour and face shape of one set of avatars."""
-    faces = [_largest(image) for image in images]
+    faces = [largest_face(image) for image in images]
     found = [face for face in faces if face is not None]
     notes = []
     if len(found) < len(images):
@@ -108,8 +109,8 @@ def realism_to_vanilla(
 
 def displacement(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float | None, int]:
     """Landmark displacement (px per 64 px) of ``(clean crop, decoupled photo)`` pairs, and the pairs measured."""
-    clean = [_largest(a) for a, _ in pairs]
-    decoupled = [_largest(b) for _, b in pairs]
+    clean = [largest_face(a) for a, _ in pairs]
+    decoupled = [largest_face(b) for _, b in pairs]
     return geometry.landmark_displacement(clean, decoupled, [a.shape[0] for a, _ in pairs])
 
 

@@ -67,6 +67,12 @@ def _import_dlib():
     return dlib
 
 
+def _face_rectangle(dlib):
+    """dlib's face rectangle in a :data:`DLIB_TEMPLATE_200` crop: where its shape predictors expect the face."""
+    (left, top), (right, bottom) = np.round(_RECT_200).astype(int)
+    return dlib.rectangle(int(left), int(top), int(right), int(bottom))
+
+
 class DlibResNet(FaceRecognizer):
     """dlib's ResNet-29 face recognizer (128-d). Not differentiable; use it as a black-box attacker.
 
@@ -89,8 +95,7 @@ class DlibResNet(FaceRecognizer):
         self._shape_predictor = self._dlib.shape_predictor(
             str(dlib_model_file("shape_predictor_5_face_landmarks.dat"))
         )
-        (left, top), (right, bottom) = np.round(_RECT_200).astype(int)
-        self._rect = self._dlib.rectangle(int(left), int(top), int(right), int(bottom))
+        self._rect = _face_rectangle(self._dlib)
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
         """Embed aligned face crops with dlib.
@@ -132,8 +137,7 @@ class DlibLandmarks68:
     def __init__(self) -> None:
         dlib = _import_dlib()
         self._predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
-        (left, top), (right, bottom) = np.round(_RECT_200).astype(int)
-        self._rect = dlib.rectangle(int(left), int(top), int(right), int(bottom))
+        self._rect = _face_rectangle(dlib)
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """``(68, 2)`` float ``(x, y)`` in the pixels of the 200-px aligned crop, for the face whose YuNet landmarks
