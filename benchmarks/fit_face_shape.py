@@ -3,7 +3,7 @@
 UTKFace's photos (Z. Zhang, Y. Song, H. Qi, CVPR 2017; **non-commercial research only**, as is the model this
 writes) are detected with YuNet; dlib's 68 points of each face (:class:`iddm.faces.dlib_backend.DlibLandmarks68`)
 are aligned by generalized Procrustes, and the main modes of their variation are kept
-(:func:`iddm.faces.shape.fit_shape_model`). The same held-out collection-minute groups as the attribute
+(:func:`iddm.evaluate.geometry.fit_shape_model`). The same held-out collection-minute groups as the attribute
 model (``benchmarks/train_attributes.py``) are left out of the fit: their mean distance should read about 1.0.
 Only the mean shape, the modes and their variances are written, no photo or landmark of anyone.
 
@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 from train_attributes import OUT, held_out, utkface_faces
 
-from iddm.evaluate.geometry import face_shapes
-from iddm.faces.shape import SHAPE_FILE, fit_shape_model, mahalanobis
+from iddm.evaluate.geometry import SHAPE_FILE, face_shapes, fit_shape_model, mahalanobis
 from iddm.images import atomic_write_json
 from iddm.weights import write_manifest
 

@@ -355,7 +355,6 @@ option_case("low_frequency_0", ["--low_frequency", "0"], "--low_frequency must b
 option_case("jitter_1", ["--jitter", "1"], "--jitter must be < 1, got 1.0")
 option_case("delta_grid_1", ["--delta_grid", "1"], "--delta_grid must be 0 (per pixel) or at least 2, got 1")
 option_case("delta_chroma_2", ["--delta_chroma", "2"], "--delta_chroma must be <= 1, got 2.0")
-option_case("shape_budget_negative", ["--shape_budget", "-1"], "--shape_budget must be >= 0, got -1.0")
 option_case("warp_grid_1", ["--warp_grid", "1"], "--warp_grid must be >= 2, got 1")
 option_case(
     "surrogates_per_step_3", ["--surrogates_per_step", "3"], "--surrogates_per_step is 3 but only 2 surrogates are set"

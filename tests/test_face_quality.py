@@ -18,7 +18,6 @@ from iddm.evaluate.face_utility import add_kid_to_real, face_utility, kid_to_rea
 from iddm.evaluate.quality import frechet_distance
 from iddm.evaluate.results import CellRecord, FaceUtility, csv_row, from_json, to_json
 from iddm.faces import detect_faces
-from iddm.faces.shape import real_face_shape, shape_distance_torch
 from iddm.images import load_photo
 
 PHOTOS = sorted((Path(__file__).parent / "fixtures" / "photos").glob("*.jpg"))
@@ -144,20 +143,9 @@ def test_face_shape_distance_sees_a_caricature(photos):
     caricatures = [_caricature(image, face) for image, face in zip(images, faces)]
     moved = geometry.shape_distances(caricatures, [detect_faces(image)[0] for image in caricatures])
     assert np.mean(moved > real) >= 0.8 and moved.mean() > real.mean() + 0.15, (real.round(2), moved.round(2))
-    model = real_face_shape()
+    model = geometry.real_face_shape()
     assert model["points"] == 68 and abs(model["held_out_distance"]["mean"] - 1.0) < 0.1
     assert len(geometry.shape_distances([], [])) == 0
-
-
-def test_the_differentiable_shape_distance_equals_the_measured_one(photos):
-    images, faces = photos
-    shapes = geometry.face_shapes(images, faces)
-    expected = geometry.shape_distances(images, faces)
-    points = torch.tensor(np.stack(shapes), requires_grad=True)
-    distances = shape_distance_torch(points, real_face_shape())
-    np.testing.assert_allclose(distances.detach().numpy(), expected, rtol=1e-6)
-    distances.sum().backward()
-    assert torch.isfinite(points.grad).all() and points.grad.abs().sum() > 0
 
 
 def test_landmark_displacement_is_zero_for_the_same_photo_and_measures_a_shift(photos):

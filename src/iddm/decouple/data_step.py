@@ -25,7 +25,6 @@ from iddm.decouple.objective import (
     warp,
 )
 from iddm.decouple.privacy import PrivacySettings
-from iddm.decouple.shape_budget import ShapeBudget
 from iddm.decouple.transforms import sample_transform
 from iddm.diffusion import Backbone, TrainingPhotos
 from iddm.faces import detect_single_face, embed_photos, load_recognizer
@@ -97,17 +96,10 @@ class Perturbation:
 class DataOptimizer:
     """Runs the defense's data objective on a :class:`Perturbation` against the current model."""
 
-    def __init__(
-        self,
-        settings: PrivacySettings,
-        identity: IdentityLoss,
-        perturbation: Perturbation,
-        shape_budget: ShapeBudget | None = None,
-    ):
+    def __init__(self, settings: PrivacySettings, identity: IdentityLoss, perturbation: Perturbation):
         self.settings = settings
         self.identity = identity
         self.perturbation = perturbation
-        self.shape_budget = shape_budget
 
     def initialize(self, backbone: Backbone, clean: torch.Tensor, prompt: str, generator: torch.Generator) -> dict:
         """δ before training: random for ``noise``, a one-shot FR cloak for ``cloak``; else δ stays 0."""
@@ -127,8 +119,6 @@ class DataOptimizer:
         loss, logged = OBJECTIVES[s.defense](inputs, base, perturbation.full(delta, inputs.clean))
         gradients = torch.autograd.grad(loss, [delta] + ([flow] if flow is not None else []), allow_unused=True)
         gradients = [torch.zeros_like(p) if g is None else g for p, g in zip((delta, flow), gradients)]
-        if flow is not None and self.shape_budget is not None:
-            gradients[1] = self._within_shape_budget(flow, gradients[1], logged)
         with torch.no_grad():
             if flow is not None:
                 bound = s.warp * min(inputs.clean.shape[-2:]) / 64  # the budget is per 64 px of image side
@@ -140,17 +130,6 @@ class DataOptimizer:
             )
         logged["loss"] = float(loss.detach())
         return logged
-
-    def _within_shape_budget(self, flow: torch.Tensor, gradient: torch.Tensor, logged: dict) -> torch.Tensor:
-        """The warp's step direction: where a photo's shape is over its budget, the shape decides at the control
-        points that move its face's points (a signed step cannot weigh terms, so a penalty would not bind);
-        elsewhere the objective does."""
-        excess = self.shape_budget.excess(flow)
-        logged["shape"] = float(self.shape_budget.distances(flow.detach()).mean())
-        if excess.item() <= 0:
-            return gradient
-        (shape_gradient,) = torch.autograd.grad(excess, flow)
-        return torch.where(shape_gradient != 0, shape_gradient, gradient)
 
     def run_round(
         self, backbone: Backbone, clean: torch.Tensor, prompt: str, steps: int, generator: torch.Generator
@@ -174,7 +153,6 @@ class DataOptimizer:
             "surrogate_cos_data": {k: float(v.mean()) for k, v in cosines.items()},
             "data_loss": logs[-1]["loss"],
             **self.perturbation.summary(clean),
-            **({"shape_distance": logs[-1]["shape"]} if "shape" in logs[-1] else {}),
         }
 
     def model_side_loss(
@@ -211,7 +189,4 @@ def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, devi
         recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins, settings.surrogate_precision
     )
     warp_grid = settings.warp_grid if settings.warp > 0 else 0
-    perturbation = Perturbation(clean.shape, device, warp_grid, settings.delta_grid)
-    budget = settings.shape_budget
-    shape = ShapeBudget(clean, photos.landmarks, budget) if warp_grid and budget else None
-    return DataOptimizer(settings, identity, perturbation, shape)
+    return DataOptimizer(settings, identity, Perturbation(clean.shape, device, warp_grid, settings.delta_grid))

@@ -38,23 +38,16 @@ WARP_GRID = 8
 wholes (proportions, outline) instead of adding texture that a blur or the autoencoder removes."""
 
 
-def displacement_field(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``flow`` ``(N, 2, g, g)`` (pixels, at ``g × g`` control points spanning the image corner to corner) upsampled
-    bicubically to ``(N, 2, H, W)``, ``size = (H, W)``: output pixel ``p`` of :func:`warp` reads the input at
-    ``p + field[p]``."""
-    return F.interpolate(flow, size=size, mode="bicubic", align_corners=True)
-
-
 def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``images`` ``(N, C, H, W)`` resampled along a smooth displacement field (differentiable in both).
 
     Args:
         images: ``(N, C, H, W)``.
         flow: ``(N, 2, g, g)`` displacements ``(x, y)`` in pixels of ``images`` at ``g × g`` control points,
-            upsampled bicubically to ``H × W`` (:func:`displacement_field`); a zero flow returns ``images`` unchanged.
+            upsampled bicubically to ``H × W``; a zero flow returns ``images`` unchanged.
     """
     n, _, height, width = images.shape
-    field = displacement_field(flow.to(images), (height, width))
+    field = F.interpolate(flow.to(images), size=(height, width), mode="bicubic", align_corners=True)
     ys = torch.linspace(-1, 1, height, device=images.device, dtype=images.dtype)
     xs = torch.linspace(-1, 1, width, device=images.device, dtype=images.dtype)
     identity = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).expand(n, height, width, 2)

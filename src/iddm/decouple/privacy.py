@@ -161,15 +161,6 @@ class PrivacyConfig:
         ge=0,
         le=1,
     )
-    shape_budget: float = field(
-        0.0,
-        help="Keep the warp's faces plausible: each decoupled photo's face shape (dlib's 68 points against real "
-        "faces' shape model) stays within this distance, 1.0 being as unusual as a typical real face (or within "
-        "the photo's own, when larger). The warp then gives faces another plausible shape instead of a caricature "
-        "(0: off; e.g. 1.1).",
-        ge=0,
-        le=5,
-    )
     decoy: str = field(
         "none",
         help="Also pull the faces toward a decoy (its part orthogonal to the user): a photo, a folder of photos "
@@ -252,7 +243,6 @@ class PrivacySettings:
     warp_grid: int = 8
     delta_grid: int = 0
     delta_chroma: float = 1.0
-    shape_budget: float = 0.0
     lambda_natural: float = 0.0
     data_step_checkpointing: bool = True
 
@@ -345,14 +335,9 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         warp_grid=config.warp_grid,
         delta_grid=pick(config.delta_grid, 0),
         delta_chroma=config.delta_chroma,
-        shape_budget=config.shape_budget,
         lambda_natural=pick(config.lambda_natural, 0.0),
         data_step_checkpointing=config.data_step_checkpointing,
     )
     # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
     # ASPL keep their published definitions (nothing is loaded, warped or recorded for them).
-    return (
-        settings
-        if settings.white_box
-        else replace(settings, decoy=None, warp=0.0, delta_grid=0, delta_chroma=1.0, shape_budget=0.0)
-    )
+    return settings if settings.white_box else replace(settings, decoy=None, warp=0.0, delta_grid=0, delta_chroma=1.0)

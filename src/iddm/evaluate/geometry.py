@@ -8,20 +8,77 @@
   lips, eyes out of proportion: a caricature). Each shape is aligned by a similarity transform (pose and framing
   removed) onto the mean real shape, projected on the main modes of real faces' shape variation, and its
   Mahalanobis distance there (the RMS of its coordinates in units of each mode's real standard deviation) is
-  divided by real faces' mean distance (:mod:`iddm.faces.shape`). 1.0: as unusual as a typical real face; a mode
-  real faces barely use (nose width against face width) counts as much as one they use a lot (mouth open).
+  divided by real faces' mean distance. 1.0: as unusual as a typical real face; a mode real faces barely use
+  (nose width against face width) counts as much as one they use a lot (mouth open). The statistical shape model
+  comes from UTKFace's faces (``iddm/weights/attributes/face_shape.json``, ``benchmarks/fit_face_shape.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 
 import numpy as np
 
-from iddm.faces import DetectedFace
+from iddm.faces import DetectedFace, similarity_transform
 from iddm.faces.dlib_backend import DlibLandmarks68
-from iddm.faces.shape import mahalanobis, real_face_shape
+
+SHAPE_FILE = "face_shape.json"
+
+
+def _aligned(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(K, 2)`` points mapped onto ``reference`` ``(K, 2)`` by the least-squares similarity transform."""
+    matrix = similarity_transform(np.asarray(points, np.float64), reference)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def procrustes_mean(shapes: Sequence[np.ndarray], iterations: int = 5) -> np.ndarray:
+    """Generalized Procrustes mean ``(K, 2)`` of ``shapes`` (each ``(K, 2)``), at the first mean's scale."""
+    start = np.mean(np.asarray(shapes, np.float64), axis=0)
+    mean = start
+    for _ in range(iterations):
+        mean = _aligned(np.mean([_aligned(p, mean) for p in shapes], axis=0), start)
+    return mean
+
+
+def fit_shape_model(shapes: Sequence[np.ndarray], modes: int) -> dict:
+    """A statistical shape model of real faces' ``(K, 2)`` shapes: their Procrustes mean, the first ``modes``
+    principal modes of the aligned shapes with their variances, and the real faces' mean and standard deviation of
+    :func:`mahalanobis` (the content of ``face_shape.json``; normalize by the mean)."""
+    mean = procrustes_mean(shapes)
+    offsets = np.stack([(_aligned(p, mean) - mean).ravel() for p in shapes])
+    _, singular, vectors = np.linalg.svd(offsets - offsets.mean(0), full_matrices=False)
+    variances = singular**2 / (len(shapes) - 1)
+    model = {
+        "points": int(mean.shape[0]),
+        "mean_shape": mean.round(4).tolist(),
+        "modes": vectors[:modes].round(6).tolist(),
+        "variances": variances[:modes].round(6).tolist(),
+        "explained": float(variances[:modes].sum() / variances.sum()),
+        "num_faces": len(shapes),
+    }
+    distances = mahalanobis(shapes, model)
+    return {**model, "real_distance_mean": float(distances.mean()), "real_distance_std": float(distances.std())}
+
+
+def mahalanobis(shapes: Sequence[np.ndarray], model: dict) -> np.ndarray:
+    """``(N,)`` RMS over the model's modes of each aligned shape's coordinate in units of that mode's standard
+    deviation (1 for a face whose every mode is one real standard deviation from the mean)."""
+    if len(shapes) == 0:
+        return np.zeros(0)
+    mean = np.asarray(model["mean_shape"], np.float64)
+    modes, variances = np.asarray(model["modes"]), np.asarray(model["variances"])
+    offsets = np.stack([(_aligned(p, mean) - mean).ravel() for p in shapes])
+    return np.sqrt(np.mean((offsets @ modes.T) ** 2 / variances, axis=1))
+
+
+@functools.cache
+def real_face_shape() -> dict:
+    """The shipped ``face_shape.json`` (real faces' statistical shape model)."""
+    from iddm.evaluate.attributes import weights_dir
+
+    return json.loads((weights_dir() / SHAPE_FILE).read_text())
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iddm.faces.align import align_crop, scaled_template, similarity_transform
+from iddm.faces.align import align_crop, scaled_template
 from iddm.faces.base import FaceRecognizer
 from iddm.faces.cache import package_file
 
@@ -145,9 +145,3 @@ class DlibLandmarks68:
         crop = align_crop(image, landmarks, DLIB_TEMPLATE_200, INPUT_SIZE)
         shape = self._predictor(crop, self._rect)
         return np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], dtype=np.float64)
-
-    def in_image(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        """The same ``(68, 2)`` points in the pixel coordinates of ``image`` itself."""
-        matrix = similarity_transform(np.asarray(landmarks, np.float64), DLIB_TEMPLATE_200)
-        inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
-        return self(image, landmarks) @ inverse[:, :2].T + inverse[:, 2]
