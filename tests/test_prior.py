@@ -423,11 +423,12 @@ def test_model_card_of_a_prior_lora_says_what_to_install_and_its_snippet_runs(tr
     )  # fmt: skip
     personalize(config)
     card = (out / "model" / "README.md").read_text()
-    assert "iddm:face-prior-64" in card and "not Stable Diffusion" in card and "install iddm" in card
-    assert json.loads((out / "model" / "iddm_model.json").read_text())["base_model"] == "iddm:face-prior-64"
+    assert "iddm:face-prior-128" in card and "not Stable Diffusion" in card and "install iddm" in card
+    assert "non-commercial research only" in card  # the default prior's data terms reach every model made from it
+    assert json.loads((out / "model" / "iddm_model.json").read_text())["base_model"] == "iddm:face-prior-128"
     snippet = re.search(r"```\n(from diffusers.*?)```", card, re.S).group(1)
     snippet = snippet.replace("THIS_FOLDER", str(out / "model"))
-    snippet = snippet.replace(".images[0]", ".images[0]\nassert image.size == (64, 64)")
+    snippet = snippet.replace(".images[0]", ".images[0]\nassert image.size == (128, 128)")
     snippet = snippet.replace("pipe(", "pipe(num_inference_steps=2, prompt=", 1)
     done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

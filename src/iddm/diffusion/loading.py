@@ -42,7 +42,7 @@ def load_backbone(
     """The backbone for ``--pretrained_model_name_or_path``.
 
     * ``None`` or ``"iddm:face-prior"``: the default shipped face prior; a shipped prior's own name
-      (``"iddm:face-prior-64"``): that one (:func:`iddm.weights.prior_path`).
+      (``"iddm:face-prior-64"``, ``"iddm:face-prior-128"``): that one (:func:`iddm.weights.prior_path`).
     * ``"iddm:micro"``: a fresh micro pixel backbone (random init from ``seed``).
     * a folder with ``iddm_backbone.json`` (or a run folder holding one in ``model/``): that backbone.
     * a diffusers pipeline folder: the backbone registered for its ``model_index.json`` class.

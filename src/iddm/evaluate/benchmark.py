@@ -80,8 +80,8 @@ class BenchmarkConfig(AttackerOptions):
     levels: list[str] = field(["low", "medium", "high"], help="Privacy levels (presets or numbers in (0, 1]).")
     model: str = field(
         DEFAULT_MODEL,
-        help="Base model to personalize: 'iddm:face-prior' (the default shipped offline prior), "
-        "'iddm:face-prior-64' (that prior by its own name), 'iddm:face-prior-128' (the 128-px colour prior), "
+        help="Base model to personalize: 'iddm:face-prior' (the default shipped offline prior, now "
+        "'iddm:face-prior-128': 128 px, colour), 'iddm:face-prior-64' (the earlier 64-px prior), "
         "'iddm:micro' (the pixel "
         "backbone trained from scratch), a diffusers folder or a hub id.",
     )

@@ -36,9 +36,10 @@ class PersonalizeConfig:
     )
     pretrained_model_name_or_path: str = field(
         DEFAULT_MODEL,
-        help="Base model: 'iddm:face-prior' (the shipped offline face prior, a latent model in SD 1.x's shape), "
-        "'iddm:micro' (a pixel-space UNet trained from scratch, for comparison), a local diffusers folder "
-        "(SD 1.x/2.x, SDXL) or a hub id when online.",
+        help="Base model: 'iddm:face-prior' (the shipped offline face prior, a latent model in SD 1.x's shape: "
+        "now 'iddm:face-prior-128', 128 px, colour; 'iddm:face-prior-64' is the earlier 64-px one), 'iddm:micro' "
+        "(a pixel-space UNet trained from scratch, for comparison), a local diffusers folder (SD 1.x/2.x, SDXL) or "
+        "a hub id when online.",
     )
     revision: str | None = field(None, help="Hub revision (branch, tag or commit) of the base model.")
     variant: str | None = field(None, help="Weights variant of the base model, e.g. 'fp16'.")

@@ -31,7 +31,7 @@ PRIOR_DATA_TERMS = {
     "every model personalized from it."
 }
 """The terms a prior inherits from its pretraining data, repeated in the model card of every model made from it."""
-PRIOR_ALIASES = {FACE_PRIOR: FACE_PRIOR_64}
+PRIOR_ALIASES = {FACE_PRIOR: FACE_PRIOR_128}
 """What the alias stands for now."""
 PRIOR_NAMES = (FACE_PRIOR, *PRIOR_FOLDERS)
 PRIOR_FILE = "iddm_prior.json"
