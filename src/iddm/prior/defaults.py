@@ -24,7 +24,8 @@ RECOMMENDED_LORA = {
     ],
     "learning_rate": 1e-3,
     "lr_scheduler": "constant",
-    # 800 on the 128-px prior: vanilla still learns the 20 held-out CFP users (dlib R1-U VANILLA800), and the README's
+    # 800 on the 128-px prior: vanilla still learns the 20 held-out CFP users (dlib R1-U 0.89 / match 0.92 at
+    # 800 against 0.90 / 0.94 at 1,000: docs/results/cfp20_128_vanilla800.md), and the README's
     # main job (medium, 5 photos, 2 CPU cores) fits in 5 minutes (1,000 steps took 5 min 38 s). The 64-px prior
     # keeps the 1,000 it was measured with (its iddm_prior.json).
     "max_train_steps": 800,
