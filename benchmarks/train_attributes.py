@@ -40,7 +40,8 @@ from iddm.evaluate.attributes import (
     predict_crops,
     split_logits,
 )
-from iddm.faces import DetectedFace, detect_faces
+from iddm.evaluate.face_utility import largest_face
+from iddm.faces import DetectedFace
 from iddm.images import atomic_write_json, atomic_write_safetensors, atomic_write_text, load_photo
 from iddm.weights import write_manifest
 
@@ -67,19 +68,19 @@ def labels_of(path: Path) -> tuple[int, int, int, str] | None:
 
 
 def utkface_faces(data: Path, skipped: dict[str, int]) -> Iterator[tuple[np.ndarray, DetectedFace, tuple]]:
-    """``(photo, its first face, its labels)`` of every usable UTKFace photo; counts what is left out in ``skipped``
-    (``bad_name``: no labels in the file name, ``no_face``: YuNet found none)."""
+    """``(photo, its largest face, its labels)`` of every usable UTKFace photo; counts what is left out in
+    ``skipped`` (``bad_name``: no labels in the file name, ``no_face``: YuNet found none)."""
     for path in sorted(data.glob("*.jpg")):
         label = labels_of(path)
         if label is None:
-            skipped["bad_name"] = skipped.get("bad_name", 0) + 1
+            skipped["bad_name"] += 1
             continue
         image = load_photo(path)
-        faces = detect_faces(image)
-        if not faces:
-            skipped["no_face"] = skipped.get("no_face", 0) + 1
+        face = largest_face(image)
+        if face is None:
+            skipped["no_face"] += 1
             continue
-        yield image, faces[0], label
+        yield image, face, label
 
 
 def load_crops(data: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
