@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -234,6 +235,24 @@ def test_shipped_prior_verifies_loads_offline_and_generates(name, max_mib, held_
         "a photo of a person", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
     ).images
     assert image.shape == (1, info["personalization"]["resolution"], info["personalization"]["resolution"], 3)
+
+
+def test_builtin_models_are_described_and_the_prior_loads_without_diffusers_noise():
+    from iddm.diffusion.loading import BUILTIN_MODELS, describe_builtin, load_backbone
+
+    assert "128x128" in describe_builtin("iddm:face-prior") == describe_builtin("iddm:face-prior-128")
+    assert "64x64" in describe_builtin("iddm:face-prior-64")
+    assert all(describe_builtin(name) for name in BUILTIN_MODELS)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(handler)
+    try:
+        load_backbone("iddm:face-prior").to("cpu", torch.bfloat16)
+    finally:
+        diffusers_logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING]
 
 
 def test_model_cards_carry_the_data_terms_of_the_128_px_prior():

@@ -22,16 +22,18 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_personalize(args: argparse.Namespace) -> int:
-    from iddm.diffusion.loading import BUILTIN_MODELS
+    from iddm.diffusion.loading import BUILTIN_MODELS, describe_builtin
     from iddm.schedule import PersonalizeConfig, personalize
 
     config = config_from_namespace(PersonalizeConfig, args)
-    if config.pretrained_model_name_or_path in BUILTIN_MODELS:
+    model = config.pretrained_model_name_or_path
+    if model in BUILTIN_MODELS:
         logger.warning(
-            "Base model %s: iddm's small offline model of 64x64 faces. It is for trying iddm and measuring privacy on "
-            "a CPU; its avatars are low-resolution faces, not Stable Diffusion quality. Pass "
-            "--pretrained_model_name_or_path for Stable Diffusion.",
-            config.pretrained_model_name_or_path,
+            "Base model %s: %s. It is for trying iddm and measuring privacy on a CPU; its avatars are "
+            "low-resolution faces, not Stable Diffusion quality. Pass --pretrained_model_name_or_path for Stable "
+            "Diffusion.",
+            model,
+            describe_builtin(model),
         )
     result = personalize(config)
     print(

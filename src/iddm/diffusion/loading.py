@@ -9,7 +9,7 @@ from pathlib import Path
 from iddm.diffusion.backbone import Backbone
 from iddm.diffusion.pixel import PIXEL_BACKBONE_FILE, PixelBackbone
 from iddm.run_layout import resolve_model_dir
-from iddm.weights import FACE_PRIOR, FACE_PRIOR_64, PRIOR_ALIASES, PRIOR_NAMES, prior_path
+from iddm.weights import FACE_PRIOR, FACE_PRIOR_64, FACE_PRIOR_128, PRIOR_ALIASES, PRIOR_NAMES, prior_name, prior_path
 
 MICRO = "iddm:micro"
 """The from-scratch pixel-space micro backbone."""
@@ -18,6 +18,16 @@ DEFAULT_MODEL = FACE_PRIOR
 BUILTIN_MODELS = (*PRIOR_NAMES, MICRO)
 ONE_PROMPT_MODELS = (MICRO, FACE_PRIOR_64, *(alias for alias, name in PRIOR_ALIASES.items() if name == FACE_PRIOR_64))
 """Built-in models that know no prompt but the instance prompt (the 128-px prior is text-conditioned)."""
+_BUILTIN_DESCRIPTIONS = {
+    MICRO: "a pixel-space model of 64x64 images trained from scratch in the run",
+    FACE_PRIOR_64: "iddm's small offline prior of 64x64 faces (44 people, many grey)",
+    FACE_PRIOR_128: "iddm's small offline prior of 128x128 colour faces (non-commercial research data)",
+}
+
+
+def describe_builtin(model: str) -> str:
+    """What a built-in model (``BUILTIN_MODELS``, aliases included) is, in one clause for a user's log."""
+    return _BUILTIN_DESCRIPTIONS[model if model == MICRO else prior_name(model)]
 
 
 def _looks_like_hub_id(model: str) -> bool:

@@ -30,6 +30,18 @@ logger = logging.getLogger(__name__)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
+def _drop_harmless_diffusers_warnings(record: logging.LogRecord) -> bool:
+    """False for two diffusers warnings every built-in prior run printed and no user can act on: a ``.to(dtype)``
+    with no module to keep in float32 (``[]``), and the 128-px prior's TAEF2 autoencoder, which is not an
+    ``AutoencoderKL`` by design."""
+    message = record.getMessage()
+    return not ("should be kept in float32: []" in message or message.endswith("TinyFluxAutoencoder'>."))
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_drop_harmless_diffusers_warnings)
+logging.getLogger("diffusers.pipelines.pipeline_utils").addFilter(_drop_harmless_diffusers_warnings)
+
+
 def lora_config(settings: MethodSettings, target_modules: tuple[str, ...] | list[str]) -> LoraConfig:
     """The peft adapter config of ``settings`` on ``target_modules``."""
     return LoraConfig(
