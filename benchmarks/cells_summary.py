@@ -1,0 +1,95 @@
+"""Mean ± sd over identities of a benchmark's finished cells, for the identities every listed method-level has.
+
+    python benchmarks/cells_summary.py --benchmark runs/bench_cfp128n --cells vanilla-off iddm-medium iddm-high
+
+Reads each cell's ``cell.json`` (so it also summarizes a run that is still going, on the identities done so far):
+black-box and white-box rank-1 and match rates, rank-last, face detection, SER-FIQ, consistency and its ratio to
+the same identity's vanilla cell, colour, landmark displacement and the decoupled photos' PSNR. The face shape and
+KID to real faces of cells evaluated by older code are recomputed by ``benchmarks/realism_to_real.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _face(cell: dict, key: str) -> float | None:
+    return cell["utility"]["face"][key]
+
+
+def _ratio(cell: dict, key: str) -> float | None:
+    vanilla = cell["utility"]["face"]["vanilla"]
+    value = _face(cell, key)
+    return None if value is None or not vanilla or not vanilla[key] else value / vanilla[key]
+
+
+MEASURES = {
+    "dlib R1-U": lambda c: c["backends"]["dlib"]["rank1"],
+    "dlib match": lambda c: c["backends"]["dlib"]["match_rate"],
+    "MobileFaceNet R1-U": lambda c: c["backends"]["mobilefacenet"]["rank1"],
+    "MobileFaceNet match": lambda c: c["backends"]["mobilefacenet"]["match_rate"],
+    "SFace R1-U / rank-last": lambda c: (c["backends"]["sface"]["rank1"], c["backends"]["sface"]["rank_last"]),
+    "FaceNet R1-U / rank-last": lambda c: (c["backends"]["facenet"]["rank1"], c["backends"]["facenet"]["rank_last"]),
+    "face detection": lambda c: c["utility"]["face_detection_rate"],
+    "SER-FIQ": lambda c: _face(c, "serfiq"),
+    "consistency": lambda c: _face(c, "consistency"),
+    "consistency ×vanilla": lambda c: _ratio(c, "consistency"),
+    "colour avatars": lambda c: _face(c, "colour_avatars"),
+    "landmark Δ px per 64": lambda c: _face(c, "landmark_displacement"),
+    "decoupled photos' PSNR dB": lambda c: (c["utility"]["perturbation"] or {}).get("psnr_db"),
+}
+
+
+def _summary(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    array = np.asarray(values, dtype=float)
+    if array.ndim == 2:
+        return " / ".join(f"{m:.2f}" for m in array.mean(axis=0))
+    return f"{array.mean():.2f} ± {array.std():.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", type=Path, required=True, help="An `iddm benchmark` output folder.")
+    parser.add_argument("--cells", nargs="+", required=True, help="METHOD-LEVEL names, e.g. vanilla-off iddm-high.")
+    parser.add_argument("--seed", type=int, default=0, help="The seed of the cells read.")
+    args = parser.parse_args()
+
+    folders = sorted(p for p in (args.benchmark / "cells").iterdir() if p.is_dir())
+    users = [f for f in folders if all((f / f"{c}-seed{args.seed}" / "cell.json").is_file() for c in args.cells)]
+    if not users:
+        raise SystemExit(f"No identity of {args.benchmark} has all of {args.cells} finished.")
+    cells = {
+        (u.name, c): json.loads((u / f"{c}-seed{args.seed}" / "cell.json").read_text())
+        for u in users
+        for c in args.cells
+    }
+    print(f"{len(users)} identities with every cell finished: {', '.join(u.name for u in users)}\n")
+    print("| measure | " + " | ".join(args.cells) + " |\n|---" + "|---" * len(args.cells) + "|")
+    for name, measure in MEASURES.items():
+        print(
+            f"| {name} | "
+            + " | ".join(_summary([measure(cells[(u.name, c)]) for u in users]) for c in args.cells)
+            + " |"
+        )
+    print(
+        "\n| identity | "
+        + " | ".join(f"{c} dlib R1-U / match" for c in args.cells)
+        + " |\n|---"
+        + "|---" * len(args.cells)
+        + "|"
+    )
+    for u in users:
+        dlib = [cells[(u.name, c)]["backends"]["dlib"] for c in args.cells]
+        print(f"| {u.name} | " + " | ".join(f"{d['rank1']:.2f} / {d['match_rate']:.2f}" for d in dlib) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
