@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iddm.evaluate.cells import CELL_FILE
+
 
 def _face(cell: dict, key: str) -> float | None:
     return cell["utility"]["face"][key]
@@ -62,11 +64,11 @@ def main() -> int:
     args = parser.parse_args()
 
     folders = sorted(p for p in (args.benchmark / "cells").iterdir() if p.is_dir())
-    users = [f for f in folders if all((f / f"{c}-seed{args.seed}" / "cell.json").is_file() for c in args.cells)]
+    users = [f for f in folders if all((f / f"{c}-seed{args.seed}" / CELL_FILE).is_file() for c in args.cells)]
     if not users:
         raise SystemExit(f"No identity of {args.benchmark} has all of {args.cells} finished.")
     cells = {
-        (u.name, c): json.loads((u / f"{c}-seed{args.seed}" / "cell.json").read_text())
+        (u.name, c): json.loads((u / f"{c}-seed{args.seed}" / CELL_FILE).read_text())
         for u in users
         for c in args.cells
     }

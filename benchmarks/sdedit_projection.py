@@ -7,7 +7,7 @@ For the first ``--users`` identities of a benchmark folder, the IDDM cell's deco
 are denoised from SDEdit strength ``s`` by the base model (:class:`iddm.evaluate.purify.SDEditPurifier`, the
 attacker's purifier, here used as the defender's projection). Printed per set (clean photos from the dataset's
 ``set_A``, decoupled, each strength): black-box dlib rank-1 of the user among the benchmark's gallery identities
-(anchors: the mean of each identity's embedded dataset photos, ``attacker_embeddings.npz``) and the 68-point
+(anchors: the mean of each identity's embedded dataset photos, the benchmark's embedding cache) and the 68-point
 face-shape distance (1.0 = a typical real face). ``OUT.png`` shows per identity 2 photos of each set side by side
 (not for committing where the photos are non-commercial research data, as CFP's).
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from iddm.evaluate.benchmark import EMBEDDING_CACHE
+from iddm.evaluate.embedding_cache import load_embedding_cache
 from iddm.evaluate.face_utility import largest_face
 from iddm.evaluate.geometry import shape_distances
 from iddm.evaluate.purify import SDEditPurifier
@@ -28,9 +30,11 @@ from iddm.images import list_photos, load_photo
 
 
 def _gallery_anchors(benchmark: Path) -> tuple[list[str], np.ndarray]:
-    embeddings = np.load(benchmark / "attacker_embeddings.npz", allow_pickle=True)
-    names = sorted(key.split("/")[0] for key in embeddings.keys() if key.endswith("/embedding/dlib"))
-    anchors = np.stack([embeddings[f"{name}/embedding/dlib"].mean(0) for name in names])
+    cache = load_embedding_cache(benchmark / EMBEDDING_CACHE)
+    if not cache:
+        raise SystemExit(f"{benchmark / EMBEDDING_CACHE} is missing or unreadable: run `iddm benchmark` first.")
+    names = sorted(cache)
+    anchors = np.stack([cache[name][1].embeddings["dlib"].mean(0) for name in names])
     return names, anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
 
 
