@@ -378,7 +378,7 @@ def with_kid_to_real(records: Sequence[CellRecord], identities: Sequence[Identit
             continue
         kid, notes = kids[Cell.of(record)]
         face = replace(record.utility.face, kid_to_real=kid, notes=record.utility.face.notes + notes)
-        vanilla = kids.get(Cell.of(record).vanilla)
+        vanilla = kids.get(Cell.of(record).compared_with(output_dir))
         if face.vanilla is not None and vanilla is not None:
             face = replace(face, vanilla=replace(face.vanilla, kid_to_real=vanilla[0]))
         out.append(replace(record, utility=replace(record.utility, face=face)))

@@ -83,6 +83,25 @@ class Cell:
         """The vanilla cell this cell is compared with: same identity and seed."""
         return Cell(self.identity, "vanilla", "off", self.seed)
 
+    def compared_with(self, output_dir: Path) -> Cell | None:
+        """The vanilla cell whose generations this cell's are compared with (SSIM, Fréchet distance, KID, ×vanilla).
+
+        A defense cell: its :attr:`vanilla`. A vanilla cell: the same identity's finished vanilla cell of the
+        lowest smaller seed, so that with several seeds vanilla's own row reads its seed-to-seed spread (the
+        yardstick of a defense's distance to vanilla); ``None`` for the first seed.
+        """
+        if self.method != "vanilla":
+            return self.vanilla
+        prefix = "vanilla-off-seed"
+        names = (
+            folder.name.removeprefix(prefix)
+            for folder in (Path(output_dir) / "cells" / self.identity).glob(prefix + "*")
+        )
+        earlier = (
+            Cell(self.identity, "vanilla", "off", seed) for seed in sorted(int(n) for n in names if n.isdigit())
+        )
+        return next((c for c in earlier if c.seed < self.seed and c.status(output_dir) == "done"), None)
+
     @property
     def label(self) -> str:
         return f"{self.identity}/{self.name}"
@@ -259,9 +278,10 @@ def with_ssim_to_vanilla(record: CellRecord, output_dir: Path) -> CellRecord:
     """
     face = record.utility.face
     needs_face = face is not None and face.vanilla is None
-    if record.method == "vanilla" or (record.utility.ssim_to_vanilla is not None and not needs_face):
+    compared = Cell.of(record).compared_with(output_dir)
+    if compared is None or (record.utility.ssim_to_vanilla is not None and not needs_face):
         return record
-    vanilla_folder = Cell.of(record).vanilla.folder(output_dir)
+    vanilla_folder = compared.folder(output_dir)
     vanilla = _load_generations(vanilla_folder / "images")
     images = _load_generations(Path(output_dir) / record.images_dir)  # relative to the benchmark's folder
     if vanilla is None or images is None:
@@ -343,9 +363,8 @@ def run_cell(cell: Cell, identity: Identity, faces: Mapping[str, FaceSet], plan:
 
     recognizers = cached_backends(plan.backends)
     reference, gallery = identity_knowledge(identity, faces)
-    vanilla = None
-    if cell.method != "vanilla":
-        vanilla = _load_generations(cell.vanilla.folder(output_dir) / "images")
+    compared = cell.compared_with(output_dir)
+    vanilla = None if compared is None else _load_generations(compared.folder(output_dir) / "images")
     evaluation, probes = evaluate_images(
         images,
         reference,
