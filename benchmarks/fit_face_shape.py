@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from train_attributes import OUT, held_out, utkface_faces
 
-from iddm.evaluate.geometry import SHAPE_FILE, face_shapes, fit_shape_model, mahalanobis
+from iddm.evaluate.geometry import face_shapes, fit_shape_model
+from iddm.faces.shape import SHAPE_FILE, mahalanobis
 from iddm.images import atomic_write_json
 from iddm.weights import write_manifest
 

@@ -18,6 +18,7 @@ from iddm.evaluate.face_utility import add_kid_to_real, face_utility, kid_to_rea
 from iddm.evaluate.quality import frechet_distance
 from iddm.evaluate.results import CellRecord, FaceUtility, csv_row, from_json, to_json
 from iddm.faces import detect_faces
+from iddm.faces.shape import face_shape_points, real_face_shape, shape_distance
 from iddm.images import load_photo
 
 PHOTOS = sorted((Path(__file__).parent / "fixtures" / "photos").glob("*.jpg"))
@@ -143,9 +144,29 @@ def test_face_shape_distance_sees_a_caricature(photos):
     caricatures = [_caricature(image, face) for image, face in zip(images, faces)]
     moved = geometry.shape_distances(caricatures, [detect_faces(image)[0] for image in caricatures])
     assert np.mean(moved > real) >= 0.8 and moved.mean() > real.mean() + 0.15, (real.round(2), moved.round(2))
-    model = geometry.real_face_shape()
+    model = real_face_shape()
     assert model["points"] == 68 and abs(model["held_out_distance"]["mean"] - 1.0) < 0.1
     assert len(geometry.shape_distances([], [])) == 0
+
+
+def test_face_shape_distance_is_differentiable_and_ignores_pose_and_framing(photos):
+    """The torch distance (what IDDM's warp limit steps on) equals the same distance with skimage's similarity
+    alignment, does not change when the face is rotated, scaled or moved, and has a gradient in the points."""
+    images, faces = photos
+    points = np.stack([face_shape_points(image, face.landmarks) for image, face in zip(images, faces)])
+    model = real_face_shape()
+    mean, modes = np.asarray(model["mean_shape"]), np.asarray(model["modes"])
+    offsets = np.stack([(geometry._aligned(p, mean) - mean).ravel() for p in points])
+    expected = np.sqrt(np.mean((offsets @ modes.T) ** 2 / np.asarray(model["variances"]), axis=1))
+    distance = shape_distance(points)
+    np.testing.assert_allclose(distance.numpy(), expected / model["real_distance_mean"], rtol=1e-6)
+    angle = 0.3
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = points @ rotation.T * 1.7 + np.array([40.0, -12.0])
+    np.testing.assert_allclose(shape_distance(moved).numpy(), distance.numpy(), rtol=1e-9)
+    tensor = torch.tensor(points, requires_grad=True)
+    shape_distance(tensor).sum().backward()
+    assert torch.isfinite(tensor.grad).all() and tensor.grad.abs().max() > 0
 
 
 def test_landmark_displacement_is_zero_for_the_same_photo_and_measures_a_shift(photos):

@@ -212,6 +212,33 @@ def test_a_warp_reshapes_the_faces_within_its_budget(photos64, tmp_path):
     assert torch.equal(restored.perturbed(clean), perturbation.perturbed(clean))
 
 
+def test_the_shape_limit_keeps_the_warped_faces_within_a_real_face_shape(photos64):
+    """The 68 points follow the warp (a shift moves them by the shift), and with --shape_limit a large warp that
+    lowers the identity loss leaves every photo's warped face shape within its cap, which it exceeds without."""
+    from iddm.decouple.shape_limit import warped_points
+
+    size = tuple(photos64.images.shape[-2:])
+    shift = torch.tensor([1.5, -1.0]).view(1, 2, 1, 1).expand(len(photos64), 2, 8, 8)
+    points = torch.rand(len(photos64), 68, 2) * 40 + 12
+    torch.testing.assert_close(warped_points(shift, points, size), points - torch.tensor([1.5, -1.0]))
+    runs = {}
+    for limit in (0.0, 1.0):
+        settings = _settings(privacy="high", eot=[], lambda_gen=0.0, epsilon=1e-6, warp=4.0, shape_limit=limit)
+        optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
+        record = optimizer.run_round(
+            PixelBackbone.from_scratch(64), photos64.images, "p", 4, torch.Generator().manual_seed(0)
+        )
+        runs[limit] = (optimizer, record)
+    unlimited, (limited, record) = runs[0.0][0], runs[1.0]
+    assert unlimited.shape_limit is None and "warped_shape_distance" not in runs[0.0][1]
+    caps = limited.shape_limit.caps
+    assert torch.all(caps >= 1.0)
+    free = limited.shape_limit.distances(unlimited.perturbation.flow, size)
+    held = limited.shape_limit.distances(limited.perturbation.flow, size)
+    assert torch.any(free > caps + 0.05) and torch.all(held <= caps + 0.01), (free, held, caps)
+    assert record["warped_shape_distance"] == pytest.approx(float(held.mean()), abs=1e-4) and record["warp_px"] > 0
+
+
 @pytest.mark.parametrize("method", ["lora", "dreambooth"])
 def test_iddm_on_tiny_stable_diffusion(method, train_dir, tmp_path):
     tiny = save_tiny_sd_pipeline(tmp_path / "tiny")

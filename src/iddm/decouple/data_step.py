@@ -25,6 +25,7 @@ from iddm.decouple.objective import (
     warp,
 )
 from iddm.decouple.privacy import PrivacySettings
+from iddm.decouple.shape_limit import ShapeLimit
 from iddm.decouple.transforms import sample_transform
 from iddm.diffusion import Backbone, TrainingPhotos
 from iddm.faces import detect_single_face, embed_photos, load_recognizer
@@ -96,10 +97,17 @@ class Perturbation:
 class DataOptimizer:
     """Runs the defense's data objective on a :class:`Perturbation` against the current model."""
 
-    def __init__(self, settings: PrivacySettings, identity: IdentityLoss, perturbation: Perturbation):
+    def __init__(
+        self,
+        settings: PrivacySettings,
+        identity: IdentityLoss,
+        perturbation: Perturbation,
+        shape_limit: ShapeLimit | None = None,
+    ):
         self.settings = settings
         self.identity = identity
         self.perturbation = perturbation
+        self.shape_limit = shape_limit
 
     def initialize(self, backbone: Backbone, clean: torch.Tensor, prompt: str, generator: torch.Generator) -> dict:
         """δ before training: random for ``noise``, a one-shot FR cloak for ``cloak``; else δ stays 0."""
@@ -119,10 +127,9 @@ class DataOptimizer:
         loss, logged = OBJECTIVES[s.defense](inputs, base, perturbation.full(delta, inputs.clean))
         gradients = torch.autograd.grad(loss, [delta] + ([flow] if flow is not None else []), allow_unused=True)
         gradients = [torch.zeros_like(p) if g is None else g for p, g in zip((delta, flow), gradients)]
+        if flow is not None:
+            perturbation.flow = self._step_warp(flow.detach(), gradients[1], tuple(inputs.clean.shape[-2:]))
         with torch.no_grad():
-            if flow is not None:
-                bound = s.warp * min(inputs.clean.shape[-2:]) / 64  # the budget is per 64 px of image side
-                perturbation.flow = (flow - bound / 8 * gradients[1].sign()).clamp(-bound, bound)
             base = perturbation.base(inputs.clean)
             gradient = low_frequency(gradients[0], s.low_frequency)
             perturbation.delta = signed_gradient_step(
@@ -130,6 +137,12 @@ class DataOptimizer:
             )
         logged["loss"] = float(loss.detach())
         return logged
+
+    def _step_warp(self, flow: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """One signed-gradient step on the warp's flow within its budget, then back within the shape limit."""
+        bound = self.settings.warp * min(size) / 64  # the budget is per 64 px of image side
+        flow = (flow - bound / 8 * gradient.sign()).clamp(-bound, bound)
+        return flow if self.shape_limit is None else self.shape_limit.project(flow, bound, size)
 
     def run_round(
         self, backbone: Backbone, clean: torch.Tensor, prompt: str, steps: int, generator: torch.Generator
@@ -153,7 +166,16 @@ class DataOptimizer:
             "surrogate_cos_data": {k: float(v.mean()) for k, v in cosines.items()},
             "data_loss": logs[-1]["loss"],
             **self.perturbation.summary(clean),
+            **self._shape_summary(clean),
         }
+
+    def _shape_summary(self, clean: torch.Tensor) -> dict:
+        """The warped faces' mean 68-point shape distance (1 = a typical real face), when a shape limit holds it."""
+        if self.shape_limit is None or self.perturbation.flow is None:
+            return {}
+        with torch.no_grad():
+            distances = self.shape_limit.distances(self.perturbation.flow, tuple(clean.shape[-2:]))
+        return {"warped_shape_distance": float(distances.mean())}
 
     def model_side_loss(
         self,
@@ -189,4 +211,8 @@ def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, devi
         recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins, settings.surrogate_precision
     )
     warp_grid = settings.warp_grid if settings.warp > 0 else 0
-    return DataOptimizer(settings, identity, Perturbation(clean.shape, device, warp_grid, settings.delta_grid))
+    perturbation = Perturbation(clean.shape, device, warp_grid, settings.delta_grid)
+    shape_limit = None
+    if warp_grid and settings.shape_limit > 0:
+        shape_limit = ShapeLimit.of(photos.as_uint8(), photos.landmarks.cpu().numpy(), settings.shape_limit, device)
+    return DataOptimizer(settings, identity, perturbation, shape_limit)

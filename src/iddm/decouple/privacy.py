@@ -22,6 +22,8 @@ surrogates per step    all (option)                e.g. 1: one surrogate per ide
 surrogate precision    fp32 (option)               bf16: the surrogates under bfloat16 autocast
 warp (px per 64 px)    3 p                         0.99, 1.98, 3 (smooth reshaping of the faces)
 warp grid              8 (option)                  control points per side of the warp
+shape limit            0 (option)                  e.g. 1: the warped faces' 68-point shape stays within a
+                                                   typical real face's distance (no caricature)
 delta grid             the model's recommendation  δ held on a g x g grid, upsampled smoothly (128-px
                                                    prior 16, others 0: per pixel)
 =====================  ==========================  ==========================================
@@ -146,6 +148,13 @@ class PrivacyConfig:
         ge=2,
         le=64,
     )
+    shape_limit: float = field(
+        0.0,
+        help="Keep the warped faces plausible: after each warp step, pull each photo's face shape (dlib's 68 points "
+        "moved by the warp, against a model of real faces' shapes; 1 = as unusual as a typical real face) back within "
+        "this distance, or within the clean photo's own if larger (0: no limit; e.g. 1.0).",
+        ge=0,
+    )
     delta_grid: int | None = field(
         None,
         help="Hold the perturbation on a g x g grid per colour channel, upsampled bicubically to the photos: smooth "
@@ -241,6 +250,7 @@ class PrivacySettings:
     cloak_steps: int = 60
     warp: float = 0.0
     warp_grid: int = 8
+    shape_limit: float = 0.0
     delta_grid: int = 0
     delta_chroma: float = 1.0
     lambda_natural: float = 0.0
@@ -333,6 +343,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         cloak_steps=config.cloak_steps,
         warp=pick(config.warp, WARP_PER_LEVEL * level),
         warp_grid=config.warp_grid,
+        shape_limit=config.shape_limit,
         delta_grid=pick(config.delta_grid, 0),
         delta_chroma=config.delta_chroma,
         lambda_natural=pick(config.lambda_natural, 0.0),
@@ -340,4 +351,8 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
     )
     # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
     # ASPL keep their published definitions (nothing is loaded, warped or recorded for them).
-    return settings if settings.white_box else replace(settings, decoy=None, warp=0.0, delta_grid=0, delta_chroma=1.0)
+    return (
+        settings
+        if settings.white_box
+        else replace(settings, decoy=None, warp=0.0, shape_limit=0.0, delta_grid=0, delta_chroma=1.0)
+    )

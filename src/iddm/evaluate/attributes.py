@@ -19,7 +19,6 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from iddm.evaluate.quality import GRAY_COLOURFULNESS, colourfulness
 from iddm.faces import ARCFACE_TEMPLATE_112, DetectedFace, align_crop, scaled_template
+from iddm.weights import attributes_path
 
 CROP = 64
 """Side of the aligned crop the attribute model reads."""
@@ -103,29 +103,21 @@ def split_logits(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     return blocks
 
 
-def weights_dir() -> Path:
-    """``iddm/weights/attributes/``, checked against its SHA-256 manifest."""
-    from iddm.weights import verify_manifest
-
-    folder = Path(__file__).resolve().parents[1] / "weights" / "attributes"
-    verify_manifest(folder)
-    return folder
-
-
 @functools.cache
 def load_attribute_model() -> AttributeNet:
     """The shipped attribute model (float32, eval mode)."""
     from safetensors.torch import load_file
 
     model = AttributeNet()
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights_dir() / WEIGHTS_FILE).items()}
+    weights = load_file(attributes_path() / WEIGHTS_FILE)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
 
 
 def held_out_accuracy() -> dict:
     """The shipped model's accuracy on held-out UTKFace faces (``metrics.json`` of the training script)."""
-    return json.loads((weights_dir() / METRICS_FILE).read_text())
+    return json.loads((attributes_path() / METRICS_FILE).read_text())
 
 
 def predict_crops(crops: np.ndarray, model: AttributeNet | None = None) -> dict[str, np.ndarray]:

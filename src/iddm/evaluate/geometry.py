@@ -5,26 +5,20 @@
   side (a warp that moves a mouth corner by 2 px of a 64-px face reads 2.0 at any resolution).
 * :func:`shape_distances`: how unusual each face's shape is, on dlib's 68 points (jaw, brows, nose, eyes, lips:
   :class:`iddm.faces.dlib_backend.DlibLandmarks68`), which see what five points cannot (an enlarged nose, pulled
-  lips, eyes out of proportion: a caricature). Each shape is aligned by a similarity transform (pose and framing
-  removed) onto the mean real shape, projected on the main modes of real faces' shape variation, and its
-  Mahalanobis distance there (the RMS of its coordinates in units of each mode's real standard deviation) is
-  divided by real faces' mean distance. 1.0: as unusual as a typical real face; a mode real faces barely use
-  (nose width against face width) counts as much as one they use a lot (mouth open). The statistical shape model
-  comes from UTKFace's faces (``iddm/weights/attributes/face_shape.json``, ``benchmarks/fit_face_shape.py``).
+  lips, eyes out of proportion: a caricature): :func:`iddm.faces.shape.shape_distance` (1.0: as unusual as a typical
+  real face; a mode real faces barely use, nose width against face width, counts as much as one they use a lot,
+  mouth open). :func:`fit_shape_model` fits its statistical shape model of real faces on UTKFace's faces
+  (``iddm/weights/attributes/face_shape.json``, ``benchmarks/fit_face_shape.py``).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Sequence
 
 import numpy as np
 
 from iddm.faces import DetectedFace, similarity_transform
-from iddm.faces.dlib_backend import DlibLandmarks68
-
-SHAPE_FILE = "face_shape.json"
+from iddm.faces.shape import face_shape_points, mahalanobis, shape_distance
 
 
 def _aligned(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -58,43 +52,18 @@ def fit_shape_model(shapes: Sequence[np.ndarray], modes: int) -> dict:
         "explained": float(variances[:modes].sum() / variances.sum()),
         "num_faces": len(shapes),
     }
-    distances = mahalanobis(shapes, model)
+    distances = mahalanobis(shapes, model).numpy()
     return {**model, "real_distance_mean": float(distances.mean()), "real_distance_std": float(distances.std())}
-
-
-def mahalanobis(shapes: Sequence[np.ndarray], model: dict) -> np.ndarray:
-    """``(N,)`` RMS over the model's modes of each aligned shape's coordinate in units of that mode's standard
-    deviation (1 for a face whose every mode is one real standard deviation from the mean)."""
-    if len(shapes) == 0:
-        return np.zeros(0)
-    mean = np.asarray(model["mean_shape"], np.float64)
-    modes, variances = np.asarray(model["modes"]), np.asarray(model["variances"])
-    offsets = np.stack([(_aligned(p, mean) - mean).ravel() for p in shapes])
-    return np.sqrt(np.mean((offsets @ modes.T) ** 2 / variances, axis=1))
-
-
-@functools.cache
-def real_face_shape() -> dict:
-    """The shipped ``face_shape.json`` (real faces' statistical shape model)."""
-    from iddm.evaluate.attributes import weights_dir
-
-    return json.loads((weights_dir() / SHAPE_FILE).read_text())
-
-
-@functools.cache
-def _landmarks68() -> DlibLandmarks68:
-    return DlibLandmarks68()
 
 
 def face_shapes(images: Sequence[np.ndarray], faces: Sequence[DetectedFace | None]) -> list[np.ndarray]:
     """dlib's 68 points ``(68, 2)`` of every detected face (``uint8`` RGB images, in order; undetected: skipped)."""
-    return [_landmarks68()(image, face.landmarks) for image, face in zip(images, faces) if face is not None]
+    return [face_shape_points(image, face.landmarks) for image, face in zip(images, faces) if face is not None]
 
 
 def shape_distances(images: Sequence[np.ndarray], faces: Sequence[DetectedFace | None]) -> np.ndarray:
     """``(n,)`` shape distance (1.0 = a typical real face) of each detected face, in order."""
-    model = real_face_shape()
-    return mahalanobis(face_shapes(images, faces), model) / model["real_distance_mean"]
+    return shape_distance(face_shapes(images, faces)).numpy()
 
 
 def landmark_displacement(

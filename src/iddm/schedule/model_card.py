@@ -89,6 +89,8 @@ def _privacy_text(manifest: ModelManifest, plan) -> str:
     budget = f"epsilon {privacy['epsilon'] * 255:.1f}/255"
     if privacy.get("warp"):
         budget += f", faces reshaped by up to {privacy['warp']:.2g} px per 64 px"
+        if privacy.get("shape_limit"):
+            budget += f" within a face shape of {privacy['shape_limit']:.2g} (1 = a typical real face)"
     if manifest.defense != "iddm":
         return f"Baseline defense **{manifest.defense}** at privacy level {privacy['label']} ({budget}). Not IDDM."
     level = (

@@ -99,6 +99,12 @@ def _shipped_folder(name: str, what: str) -> Path:
     return folder
 
 
+def attributes_path() -> Path:
+    """The attribute model and the statistical face-shape model of real faces (trained by iddm on UTKFace:
+    non-commercial research only), verified against their SHA-256 manifest."""
+    return _shipped_folder("attributes", "attribute and face-shape models")
+
+
 def taef2_path() -> Path:
     """TAEF2, the pretrained tiny autoencoder (MIT, ``taef2/LICENSE``) as a diffusers model folder of
     :class:`iddm.diffusion.taef2.TinyFluxAutoencoder`, verified against its SHA-256 manifest."""
