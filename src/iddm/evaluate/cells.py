@@ -92,15 +92,11 @@ class Cell:
         """
         if self.method != "vanilla":
             return self.vanilla
-        prefix = "vanilla-off-seed"
-        names = (
-            folder.name.removeprefix(prefix)
-            for folder in (Path(output_dir) / "cells" / self.identity).glob(prefix + "*")
-        )
-        earlier = (
-            Cell(self.identity, "vanilla", "off", seed) for seed in sorted(int(n) for n in names if n.isdigit())
-        )
-        return next((c for c in earlier if c.seed < self.seed and c.status(output_dir) == "done"), None)
+        prefix = "vanilla-off-seed"  # cell_name of a vanilla cell, less its seed
+        folders = (Path(output_dir) / "cells" / self.identity).glob(prefix + "*")
+        seeds = sorted(int(seed) for f in folders if (seed := f.name.removeprefix(prefix)).isdigit())
+        earlier = (replace(self, seed=seed) for seed in seeds if seed < self.seed)
+        return next((cell for cell in earlier if cell.status(output_dir) == "done"), None)
 
     @property
     def label(self) -> str:
