@@ -23,7 +23,7 @@ import numpy as np
 from train_attributes import OUT, held_out, utkface_faces
 
 from iddm.evaluate.geometry import face_shapes, fit_shape_model
-from iddm.faces.shape import SHAPE_FILE, mahalanobis
+from iddm.faces.shape import SHAPE_FILE, shape_distance
 from iddm.images import atomic_write_json
 from iddm.weights import write_manifest
 
@@ -50,7 +50,7 @@ def main() -> None:
     shapes, groups, skipped = load_shapes(args.data)
     test = held_out(groups, args.held_out, args.seed)
     model = fit_shape_model(list(shapes[~test]), args.modes)
-    held = mahalanobis(list(shapes[test]), model) / model["real_distance_mean"]
+    held = shape_distance(list(shapes[test]), model).numpy()
     model["data"] = "UTKFace (Zhang, Song and Qi, CVPR 2017); non-commercial research only"
     model["skipped"] = skipped
     model["held_out_distance"] = {"faces": int(test.sum()), "mean": float(held.mean()), "std": float(held.std())}

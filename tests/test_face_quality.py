@@ -18,7 +18,7 @@ from iddm.evaluate.face_utility import add_kid_to_real, face_utility, kid_to_rea
 from iddm.evaluate.quality import frechet_distance
 from iddm.evaluate.results import CellRecord, FaceUtility, csv_row, from_json, to_json
 from iddm.faces import detect_faces
-from iddm.faces.shape import face_shape_points, real_face_shape, shape_distance
+from iddm.faces.shape import face_shape_points, mahalanobis, real_face_shape, residual_dimensions, shape_distance
 from iddm.images import load_photo
 
 PHOTOS = sorted((Path(__file__).parent / "fixtures" / "photos").glob("*.jpg"))
@@ -143,7 +143,9 @@ def test_face_shape_distance_sees_a_caricature(photos):
     assert len(real) == len(images) and 0.4 < np.median(real) < 2.0
     caricatures = [_caricature(image, face) for image, face in zip(images, faces)]
     moved = geometry.shape_distances(caricatures, [detect_faces(image)[0] for image in caricatures])
-    assert np.mean(moved > real) >= 0.8 and moved.mean() > real.mean() + 0.15, (real.round(2), moved.round(2))
+    # The magnification lives in the main modes; where a photo's residual part is already the larger, the distance
+    # (the larger part) moves less: most photos, not all.
+    assert np.mean(moved > real) >= 0.7 and moved.mean() > real.mean() + 0.1, (real.round(2), moved.round(2))
     model = real_face_shape()
     assert model["points"] == 68 and abs(model["held_out_distance"]["mean"] - 1.0) < 0.1
     assert len(geometry.shape_distances([], [])) == 0
@@ -151,13 +153,18 @@ def test_face_shape_distance_sees_a_caricature(photos):
 
 def test_face_shape_distance_is_differentiable_and_ignores_pose_and_framing(photos):
     """The torch distance (what IDDM's warp limit steps on) equals the same distance with skimage's similarity
-    alignment, does not change when the face is rotated, scaled or moved, and has a gradient in the points."""
+    alignment, does not change when the face is rotated, scaled or moved, has a gradient in the points, and sees a
+    reshaping that the main modes of real faces' shapes do not."""
     images, faces = photos
     points = np.stack([face_shape_points(image, face.landmarks) for image, face in zip(images, faces)])
     model = real_face_shape()
     mean, modes = np.asarray(model["mean_shape"]), np.asarray(model["modes"])
     offsets = np.stack([(geometry._aligned(p, mean) - mean).ravel() for p in points])
-    expected = np.sqrt(np.mean((offsets @ modes.T) ** 2 / np.asarray(model["variances"]), axis=1))
+    along = np.sqrt(np.mean((offsets @ modes.T) ** 2 / np.asarray(model["variances"]), axis=1))
+    residual = offsets - (offsets @ modes.T) @ modes
+    across = np.sqrt((residual**2).sum(1) / (residual_dimensions(model) * model["residual_variance"]))
+    np.testing.assert_allclose(mahalanobis(points, model).numpy(), np.stack([along, across], 1), rtol=1e-6)
+    expected = np.maximum(along / model["real_part_means"][0], across / model["real_part_means"][1])
     distance = shape_distance(points)
     np.testing.assert_allclose(distance.numpy(), expected / model["real_distance_mean"], rtol=1e-6)
     angle = 0.3
@@ -167,6 +174,12 @@ def test_face_shape_distance_is_differentiable_and_ignores_pose_and_framing(phot
     tensor = torch.tensor(points, requires_grad=True)
     shape_distance(tensor).sum().backward()
     assert torch.isfinite(tensor.grad).all() and tensor.grad.abs().max() > 0
+    # A jagged reshaping (each point moved on its own by 1% of the face's width, as a fine warp does) barely moves the
+    # main modes but takes the residual part far outside real faces', and with it the distance.
+    jitter = np.random.default_rng(0).normal(size=points.shape) * 0.01 * np.ptp(points[:, :, 0], axis=1)[:, None, None]
+    parts, jittered = mahalanobis(points, model), mahalanobis(points + jitter, model)
+    assert (jittered[:, 0] - parts[:, 0]).abs().max() < 0.3 and bool((jittered[:, 1] > parts[:, 1] + 1).all())
+    assert bool((shape_distance(points + jitter) > distance + 0.7).all())
 
 
 def test_landmark_displacement_is_zero_for_the_same_photo_and_measures_a_shift(photos):

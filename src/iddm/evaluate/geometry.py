@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from iddm.faces import DetectedFace, similarity_transform
-from iddm.faces.shape import face_shape_points, mahalanobis, shape_distance
+from iddm.faces.shape import face_shape_points, mahalanobis, residual_dimensions, shape_distance
 
 
 def _aligned(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -38,8 +38,9 @@ def procrustes_mean(shapes: Sequence[np.ndarray], iterations: int = 5) -> np.nda
 
 def fit_shape_model(shapes: Sequence[np.ndarray], modes: int) -> dict:
     """A statistical shape model of real faces' ``(K, 2)`` shapes: their Procrustes mean, the first ``modes``
-    principal modes of the aligned shapes with their variances, and the real faces' mean and standard deviation of
-    :func:`mahalanobis` (the content of ``face_shape.json``; normalize by the mean)."""
+    principal modes of the aligned shapes with their variances, the mean variance of the dimensions they leave out,
+    the real faces' means of :func:`mahalanobis`'s two parts, and the mean and standard deviation of the larger part
+    over its mean (the content of ``face_shape.json``: :func:`iddm.faces.shape.shape_distance`)."""
     mean = procrustes_mean(shapes)
     offsets = np.stack([(_aligned(p, mean) - mean).ravel() for p in shapes])
     _, singular, vectors = np.linalg.svd(offsets - offsets.mean(0), full_matrices=False)
@@ -52,8 +53,12 @@ def fit_shape_model(shapes: Sequence[np.ndarray], modes: int) -> dict:
         "explained": float(variances[:modes].sum() / variances.sum()),
         "num_faces": len(shapes),
     }
-    distances = mahalanobis(shapes, model).numpy()
-    return {**model, "real_distance_mean": float(distances.mean()), "real_distance_std": float(distances.std())}
+    # The mean variance of the dimensions the modes leave out (probabilistic PCA's noise variance).
+    model["residual_variance"] = float(variances[modes:].sum() / residual_dimensions(model))
+    parts = mahalanobis(shapes, model).numpy()
+    model["real_part_means"] = parts.mean(0).round(6).tolist()
+    largest = (parts / parts.mean(0)).max(1)
+    return {**model, "real_distance_mean": float(largest.mean()), "real_distance_std": float(largest.std())}
 
 
 def face_shapes(images: Sequence[np.ndarray], faces: Sequence[DetectedFace | None]) -> list[np.ndarray]:

@@ -3,10 +3,11 @@
 A caricature (an enlarged nose, pulled lips, eyes out of proportion) is a face shape that real faces do not have.
 :func:`shape_distance` measures it against a statistical shape model of real faces (``face_shape.json`` in
 ``iddm/weights/attributes/``, fitted on UTKFace by ``benchmarks/fit_face_shape.py``): each ``(68, 2)`` shape is
-aligned by the least-squares similarity transform (pose, scale and framing removed) onto the model's mean shape,
-projected on its main modes, and the RMS of its coordinates in units of each mode's real standard deviation is divided
-by real faces' mean of that RMS. 1.0: as unusual as a typical real face. The benchmark measures avatars with it
-(:mod:`iddm.evaluate.geometry`), and IDDM's warp keeps the training photos within a limit of it
+aligned by the least-squares similarity transform (pose, scale and framing removed) onto the model's mean shape, and
+its offset is measured in units of real faces' standard deviation along the main modes of real shape variation, and
+across the rest of shape space, where real faces barely vary (:func:`mahalanobis`); the distance is the larger of
+the two, each over its mean on real faces. 1.0: as unusual as a typical real face. The benchmark measures avatars
+with it (:mod:`iddm.evaluate.geometry`), and IDDM's warp keeps the training photos within a limit of it
 (:mod:`iddm.decouple.shape_limit`).
 """
 
@@ -44,9 +45,17 @@ def _aligned(points: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return torch.stack([mapped.real, mapped.imag], dim=-1)
 
 
+def residual_dimensions(model: dict) -> int:
+    """Dimensions of aligned shape offsets that the model's modes leave out: ``2 K − 4 − modes`` (an alignment by a
+    similarity transform removes four: translation, rotation, scale)."""
+    return 2 * int(model["points"]) - 4 - len(model["variances"])
+
+
 def mahalanobis(shapes: torch.Tensor | Sequence[np.ndarray], model: dict) -> torch.Tensor:
-    """``(N,)`` RMS over the model's modes of each aligned shape's coordinate in units of that mode's standard
-    deviation (1 for a face whose every mode is one real standard deviation from the mean), float64.
+    """``(N, 2)`` the aligned shapes' offsets from the mean in units of real faces' standard deviation (float64): the
+    RMS of their coordinates along the model's modes (each in its own), and the RMS of what the modes leave out (in
+    its mean, ``residual_variance``: a probabilistic PCA). About 1 and 1 for a real face. The second matters: a warp
+    that moves eye corners or lip points against each other leaves the main modes alone.
 
     Args:
         shapes: ``(N, K, 2)`` points ``(x, y)`` in any pixel frame (a tensor keeps its gradient), or a sequence of
@@ -55,18 +64,24 @@ def mahalanobis(shapes: torch.Tensor | Sequence[np.ndarray], model: dict) -> tor
     points = torch.as_tensor(np.asarray(shapes) if not isinstance(shapes, torch.Tensor) else shapes)
     points = points.to(torch.float64)
     if points.numel() == 0:
-        return points.new_zeros(0)
+        return points.new_zeros(0, 2)
     mean = torch.tensor(model["mean_shape"], dtype=torch.float64, device=points.device)
     modes = torch.tensor(model["modes"], dtype=torch.float64, device=points.device)
     variances = torch.tensor(model["variances"], dtype=torch.float64, device=points.device)
     offsets = (_aligned(points, mean) - mean).flatten(1)
-    return ((offsets @ modes.T) ** 2 / variances).mean(1).sqrt()
+    coordinates = offsets @ modes.T
+    residual = offsets - coordinates @ modes
+    along = (coordinates**2 / variances).mean(1).sqrt()
+    across = ((residual**2).sum(1) / (residual_dimensions(model) * model["residual_variance"])).sqrt()
+    return torch.stack([along, across], dim=1)
 
 
 def shape_distance(shapes: torch.Tensor | Sequence[np.ndarray], model: dict | None = None) -> torch.Tensor:
-    """``(N,)`` face-shape distance of ``(N, 68, 2)`` shapes (1.0 = a typical real face), differentiable."""
+    """``(N,)`` face-shape distance of ``(N, 68, 2)`` shapes, differentiable: the larger of :func:`mahalanobis`'s two
+    parts, each over its real faces' mean, over real faces' mean of that (1.0 = as unusual as a typical real face)."""
     model = model or real_face_shape()
-    return mahalanobis(shapes, model) / model["real_distance_mean"]
+    parts = mahalanobis(shapes, model) / torch.tensor(model["real_part_means"], dtype=torch.float64)
+    return parts.amax(1) / model["real_distance_mean"]
 
 
 @functools.cache
