@@ -1,6 +1,7 @@
 """Mean ± sd over identities of a benchmark's finished cells, for the identities every listed method-level has.
 
     python benchmarks/cells_summary.py --benchmark runs/bench_cfp128n --cells vanilla-off iddm-medium iddm-high
+    python benchmarks/cells_summary.py --benchmark runs/bench_shapelim --cells vanilla-off runs/bench:iddm-high iddm-high
 
 Reads each cell's ``cell.json`` (so it also summarizes a run that is still going, on the identities done so far):
 black-box and white-box rank-1 and match rates, rank-last, face detection, SER-FIQ, consistency and its ratio to
@@ -59,19 +60,25 @@ def _summary(values: list) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", type=Path, required=True, help="An `iddm benchmark` output folder.")
-    parser.add_argument("--cells", nargs="+", required=True, help="METHOD-LEVEL names, e.g. vanilla-off iddm-high.")
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        required=True,
+        help="METHOD-LEVEL names, e.g. vanilla-off iddm-high, or FOLDER:METHOD-LEVEL for a cell of another benchmark "
+        "of the same identities (settings benchmarked separately).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="The seed of the cells read.")
     args = parser.parse_args()
 
+    def cell_file(identity: str, cell: str) -> Path:  # "METHOD-LEVEL", or "FOLDER:METHOD-LEVEL" for another benchmark
+        folder, _, name = cell.rpartition(":")
+        return Path(folder or args.benchmark) / "cells" / identity / f"{name}-seed{args.seed}" / CELL_FILE
+
     folders = sorted(p for p in (args.benchmark / "cells").iterdir() if p.is_dir())
-    users = [f for f in folders if all((f / f"{c}-seed{args.seed}" / CELL_FILE).is_file() for c in args.cells)]
+    users = [f for f in folders if all(cell_file(f.name, c).is_file() for c in args.cells)]
     if not users:
         raise SystemExit(f"No identity of {args.benchmark} has all of {args.cells} finished.")
-    cells = {
-        (u.name, c): json.loads((u / f"{c}-seed{args.seed}" / CELL_FILE).read_text())
-        for u in users
-        for c in args.cells
-    }
+    cells = {(u.name, c): json.loads(cell_file(u.name, c).read_text()) for u in users for c in args.cells}
     print(f"{len(users)} identities with every cell finished: {', '.join(u.name for u in users)}\n")
     print("| measure | " + " | ".join(args.cells) + " |\n|---" + "|---" * len(args.cells) + "|")
     for name, measure in MEASURES.items():
