@@ -1,10 +1,10 @@
 """A limit on how unusual the warp may make each training photo's face shape: reshaping without caricature.
 
 The identity loss is met as well by a caricature (an enlarged nose, a stretched mouth) as by another person's face,
-and the warp finds caricatures first: on the 128-px prior the decoupled photos' face shape read 1.29 (``medium``)
-and 1.40 (``high``) against 1.00 for the clean ones, and the LoRA drew it on every avatar. :class:`ShapeLimit`
-follows dlib's 68 points of each clean photo through the warp (:func:`warped_points`, differentiable in the flow)
-and, after each warp step, pulls the flow back until the warped shape's distance
+and the warp finds caricatures first: on the 128-px prior the clean photos' 68 points carried through the warp read
+3.42 (``medium``) and 4.30 (``high``) against 1.03 for the clean ones, and the LoRA drew it on every avatar.
+:class:`ShapeLimit` follows dlib's 68 points of each clean photo through the warp (:func:`warped_points`,
+differentiable in the flow) and, after each warp step, pulls the flow back until the warped shape's distance
 (:func:`iddm.faces.shape.shape_distance`, 1.0 = a typical real face) is within the limit, or within the clean
 photo's own distance where that is larger: the warp may then move a face toward another plausible face, not out of
 the range of real faces.
