@@ -15,6 +15,7 @@ carried points, and between the re-detected and the unmoved ones.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -23,11 +24,18 @@ import torch
 from safetensors.torch import load_file
 
 from iddm.decouple.shape_limit import warped_points
-from iddm.diffusion import prepare_photos
+from iddm.diffusion import TrainingPhotos, prepare_photos
 from iddm.faces import detect_faces
 from iddm.faces.shape import face_shape_points, shape_distance
 from iddm.images import load_photo
 from iddm.run_layout import RunManifest
+
+
+@functools.cache
+def _clean_photos(folder: Path, resolution: int, crop: str) -> tuple[TrainingPhotos, np.ndarray]:
+    """The training photos cropped as a run cropped them, and their 68 points (once per identity, for every cell)."""
+    photos = prepare_photos(folder, resolution, crop)
+    return photos, np.stack([face_shape_points(i, m) for i, m in zip(photos.as_uint8(), photos.landmarks.numpy())])
 
 
 def _cell_numbers(cell: Path, dataset: Path, identity: str) -> dict[str, float] | None:
@@ -35,8 +43,7 @@ def _cell_numbers(cell: Path, dataset: Path, identity: str) -> dict[str, float] 
     if not (private / "decoupled_delta.safetensors").is_file():
         return None
     run = RunManifest.load(cell / "run")
-    photos = prepare_photos(dataset / identity / "set_A", run.model.resolution, run.crop or "aligned")
-    clean = np.stack([face_shape_points(i, m) for i, m in zip(photos.as_uint8(), photos.landmarks.numpy())])
+    photos, clean = _clean_photos(dataset / identity / "set_A", run.model.resolution, run.crop or "aligned")
     flow = load_file(private / "decoupled_delta.safetensors").get("flow")
     carried = (
         clean if flow is None else warped_points(flow.float(), torch.tensor(clean).float(), photos.images.shape[-2:])
