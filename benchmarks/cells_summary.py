@@ -1,12 +1,14 @@
 """Mean ± sd over identities of a benchmark's finished cells, for the identities every listed method-level has.
 
     python benchmarks/cells_summary.py --benchmark runs/bench_cfp128n --cells vanilla-off iddm-medium iddm-high
-    python benchmarks/cells_summary.py --benchmark runs/bench_shapelim --cells vanilla-off runs/bench:iddm-high iddm-high
+    python benchmarks/cells_summary.py --benchmark runs/bench_sl --cells vanilla-off runs/bench:iddm-high iddm-high
 
-Reads each cell's ``cell.json`` (so it also summarizes a run that is still going, on the identities done so far):
-black-box and white-box rank-1 and match rates, rank-last, face detection, SER-FIQ, consistency and its ratio to
-the same identity's vanilla cell, colour, landmark displacement and the decoupled photos' PSNR. The face shape and
-KID to real faces of cells evaluated by older code are recomputed by ``benchmarks/realism_to_real.py``.
+Reads each cell's ``cell.json`` (so it also summarizes a run that is still going, on the identities done so far,
+and an archive of records that ``benchmarks/archive_cells.py`` committed): black-box and white-box rank-1 and match
+rates, rank-last, face detection, SER-FIQ, attribute agreement, consistency, face shape (each also as a ratio to
+the same identity's vanilla cell), colour, the Fréchet distance and KID to vanilla, landmark displacement and the
+decoupled photos' PSNR. The face shape and KID to real faces of cells evaluated by older code are recomputed by
+``benchmarks/realism_to_real.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,19 @@ def _face(cell: dict, key: str) -> float | None:
 def _ratio(cell: dict, key: str) -> float | None:
     vanilla = cell["utility"]["face"]["vanilla"]
     value = _face(cell, key)
-    return None if value is None or not vanilla or not vanilla[key] else value / vanilla[key]
+    return None if value is None or not vanilla or not vanilla.get(key) else value / vanilla[key]
+
+
+def _agreement(face: dict) -> float | None:
+    """Mean agreement over the attributes (gender, age band, ethnicity) between the photos and the avatars."""
+    values = [v for v in (face.get("attribute_agreement") or {}).values() if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _agreement_ratio(cell: dict) -> float | None:
+    vanilla, value = cell["utility"]["face"]["vanilla"], _agreement(cell["utility"]["face"])
+    baseline = _agreement(vanilla) if vanilla else None
+    return None if value is None or not baseline else value / baseline
 
 
 MEASURES = {
@@ -39,8 +53,15 @@ MEASURES = {
     "FaceNet R1-U / rank-last": lambda c: (c["backends"]["facenet"]["rank1"], c["backends"]["facenet"]["rank_last"]),
     "face detection": lambda c: c["utility"]["face_detection_rate"],
     "SER-FIQ": lambda c: _face(c, "serfiq"),
+    "SER-FIQ ×vanilla": lambda c: _ratio(c, "serfiq"),
+    "attribute agreement": lambda c: _agreement(c["utility"]["face"]),
+    "attribute agreement ×vanilla": _agreement_ratio,
     "consistency": lambda c: _face(c, "consistency"),
     "consistency ×vanilla": lambda c: _ratio(c, "consistency"),
+    "face shape": lambda c: _face(c, "shape_distance"),
+    "face shape ×vanilla": lambda c: _ratio(c, "shape_distance"),
+    "Fréchet distance to vanilla": lambda c: _face(c, "frechet_to_vanilla"),
+    "KID to vanilla": lambda c: _face(c, "kid_to_vanilla"),
     "colour avatars": lambda c: _face(c, "colour_avatars"),
     "landmark Δ px per 64": lambda c: _face(c, "landmark_displacement"),
     "decoupled photos' PSNR dB": lambda c: (c["utility"]["perturbation"] or {}).get("psnr_db"),

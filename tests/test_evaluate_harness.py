@@ -10,6 +10,7 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -394,6 +395,40 @@ def test_benchmark_rerun_skips_finished_cells(benchmark_out, dataset, personaliz
     capsys.readouterr()
     assert main(changed) == 2
     assert "other settings (max_train_steps)" in capsys.readouterr().err
+
+
+def test_archived_records_restore_a_benchmark_that_runs_only_the_rest(
+    benchmark_out, dataset, personalize_yaml, tmp_path
+):
+    """benchmarks/archive_cells.py keeps the records of identities with every cell finished, and nothing made of
+    the photos; restored into an empty folder, the benchmark runs only the cells of the other identities."""
+    script = Path(__file__).parents[1] / "benchmarks" / "archive_cells.py"
+    archive, restored = tmp_path / "archive", tmp_path / "restored"
+    kinds = ["vanilla-off", "iddm-high", "noise-high", "cloak-high", "aspl-high"]
+    subprocess.run(
+        [sys.executable, script, "--benchmark", benchmark_out, "--archive", archive, "--cells", *kinds], check=True
+    )
+    kept = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file())
+    assert kept == ["benchmark.json"] + sorted(
+        f"cells/{i}/{k}-seed0/cell.json" for i in ("ardern", "macron", "obama") for k in kinds
+    )
+
+    # Drop Ardern from the archive: restoring the rest, the benchmark reruns her five cells only.
+    shutil.rmtree(archive / "cells" / "ardern")
+    subprocess.run([sys.executable, script, "--benchmark", restored, "--archive", archive, "--restore"], check=True)
+    assert main(_benchmark_args(dataset, restored, personalize_yaml)) == 0
+    assert sorted(p.parent.parent.name for p in restored.glob("cells/*/*/run")) == ["ardern"] * 5
+    records = {(c["identity"], c["method"]): c for c in json.loads((restored / "results.json").read_text())["cells"]}
+    original = {
+        (c["identity"], c["method"]): c for c in json.loads((benchmark_out / "results.json").read_text())["cells"]
+    }
+    assert len(records) == 15
+    archived = json.loads((archive / "cells" / "obama" / "iddm-high-seed0" / "cell.json").read_text())
+    # A restored cell has neither generations nor embeddings here: its record is kept as archived (no KID to real
+    # faces or stalker's pool recomputed from what is not there).
+    assert records[("obama", "iddm")]["utility"] == archived["utility"]
+    assert records[("obama", "iddm")]["backends"] == archived["backends"]
+    assert archived["backends"]["sface"]["rank1"] == original[("obama", "iddm")]["backends"]["sface"]["rank1"]
 
 
 def test_benchmark_anti_dreambooth_layout(identity_photos, tmp_path):

@@ -225,13 +225,18 @@ def run_cells_sequentially(
 def stalker_pools(records: Sequence[CellRecord], output_dir: Path) -> list[CellRecord]:
     """The records with R1-T recomputed on pools of generations (other identities, same method, level and seed).
 
-    A record with no other identity's cell of its method, level and seed keeps R1-T on real photos.
+    A record with no other identity's cell of its method, level and seed keeps R1-T on real photos, and so does a
+    record without its ``probes.npz`` (restored from an archive of records, ``benchmarks/archive_cells.py``), which
+    is also left out of the others' pools.
     """
+    folders = {id(r): Cell.of(r).folder(output_dir) for r in records}
+    probes = {
+        key: load_probes(folder / PROBES_FILE) for key, folder in folders.items() if (folder / PROBES_FILE).is_file()
+    }
     groups: dict[tuple[str, str, int], list[CellRecord]] = {}
     for record in records:
-        groups.setdefault((record.method, record.level, record.seed), []).append(record)
-    folders = {id(r): Cell.of(r).folder(output_dir) for r in records}
-    probes = {key: load_probes(folder / PROBES_FILE) for key, folder in folders.items()}
+        if id(record) in probes:
+            groups.setdefault((record.method, record.level, record.seed), []).append(record)
     for group in groups.values():
         for record in group:
             neighbours = [r for r in group if r.identity != record.identity]
@@ -354,14 +359,15 @@ def collect(cells: Sequence[Cell], output_dir: Path) -> list[CellRecord | CellFa
 
 def with_kid_to_real(records: Sequence[CellRecord], identities: Sequence[Identity], output_dir: Path) -> list:
     """``records`` with ``utility.face.kid_to_real`` (and their vanilla's) filled in: the KID of each cell's
-    generations to every dataset photo that no cell trains on, cropped as the runs cropped their photos."""
+    generations to every dataset photo that no cell trains on, cropped as the runs cropped their photos. A record
+    whose generations are not in ``output_dir`` (restored from an archive of records) is kept as it is."""
     from dataclasses import replace
 
     from iddm.evaluate.face_utility import kid_to_real, photos_of, real_face_features
     from iddm.images import load_photo
     from iddm.run_layout import RunManifest
 
-    faced = [r for r in records if r.utility.face is not None]
+    faced = [r for r in records if r.utility.face is not None and (output_dir / r.images_dir).is_dir()]
     if not faced:
         return list(records)
     crop = RunManifest.load(output_dir / faced[0].run_dir).crop or "aligned"
@@ -373,7 +379,7 @@ def with_kid_to_real(records: Sequence[CellRecord], identities: Sequence[Identit
         kids[Cell.of(record)] = kid_to_real(images, reference)
     out = []
     for record in records:
-        if record.utility.face is None:
+        if Cell.of(record) not in kids:
             out.append(record)
             continue
         kid, notes = kids[Cell.of(record)]
