@@ -14,8 +14,9 @@ as it reads a run.
 ``--restore`` copies the archived records a run folder lacks back into it (refusing a folder whose settings
 differ), and ``iddm benchmark`` then counts those cells as finished and runs only the others. Whole identities
 are archived, so a restored identity's cells never need a vanilla cell's generations that are not there. A
-restored cell has no ``probes.npz`` and no images: the stalker's pools leave it out, its tiles in
-``side_by_side.png`` stay white, and the adaptive and purifying attackers need its cell rerun.
+restored cell has no ``probes.npz`` and no images: the stalker's pools leave it out, its KID to real faces
+stays empty, its tiles in ``side_by_side.png`` stay white, and the adaptive and purifying attackers need its
+cell rerun.
 """
 
 from __future__ import annotations
