@@ -8,8 +8,9 @@ A 20-identity benchmark on 2 CPU cores outlasts a working session, and its outpu
 outlast the machine. Archiving copies ``benchmark.json`` (the settings every cell must share) and the
 ``cell.json`` of every identity that has all of ``--cells`` finished (metrics and settings only: no photos,
 generations, weights or face embeddings, which stay out of the repository, the CFP photos and what is made from
-them being non-commercial research data). ``benchmarks/cells_summary.py --benchmark ARCHIVE`` reads an archive
-as it reads a run.
+them being non-commercial research data; and without the attribute model's reading of the user's own photos,
+gender, age band and ethnicity of a named person, kept only as the agreement with the avatars).
+``benchmarks/cells_summary.py --benchmark ARCHIVE`` reads an archive as it reads a run.
 
 ``--restore`` copies the archived records a run folder lacks back into it (refusing a folder whose settings
 differ), and ``iddm benchmark`` then counts those cells as finished and runs only the others. Whole identities
@@ -37,16 +38,27 @@ def finished_identities(benchmark: Path, cells: list[str]) -> list[Path]:
     return [f for f in folders if all((f / cell / CELL_FILE).is_file() for cell in cells)]
 
 
+def without_personal_attributes(record: dict) -> dict:
+    """``record`` (a ``cell.json``) without the attributes read from the user's photos (its own and its vanilla
+    cell's copy): ``{}``, as a cell whose photos show no face has."""
+    face = (record.get("utility") or {}).get("face")
+    for part in (face, (face or {}).get("vanilla")):
+        if part:
+            part["attributes_photos"] = {}
+    return record
+
+
 def copy_records(source: Path, target: Path, records: list[Path]) -> int:
-    """Copy ``records`` (paths under ``source``) to the same places under ``target``, keeping any already there;
-    returns how many were copied."""
+    """Copy ``records`` (``cell.json`` paths under ``source``) to the same places under ``target``, without personal
+    attributes, keeping any already there; returns how many were copied."""
     copied = 0
     for record in records:
         destination = target / record.relative_to(source)
         if destination.is_file():
             continue
         destination.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(destination, record.read_text())
+        cell = without_personal_attributes(json.loads(record.read_text()))
+        atomic_write_text(destination, json.dumps(cell, indent=2) + "\n")
         copied += 1
     return copied
 
@@ -79,7 +91,9 @@ def main() -> int:
             raise SystemExit("--cells is required to archive (the METHOD-LEVEL names of a finished identity).")
         identities = finished_identities(source, [f"{c}-seed{s}" for c in args.cells for s in args.seeds])
         records = [f / f"{c}-seed{s}" / CELL_FILE for f in identities for c in args.cells for s in args.seeds]
-    copy_records(source, target, [source / SETTINGS_FILE])
+    if not (target / SETTINGS_FILE).is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target / SETTINGS_FILE, (source / SETTINGS_FILE).read_text())
     copied = copy_records(source, target, records)
     print(f"{'Restored' if args.restore else 'Archived'} {copied} new cell records ({len(records)} in {source}).")
     return 0

@@ -26,21 +26,17 @@ def _face(cell: dict, key: str) -> float | None:
     return cell["utility"]["face"][key]
 
 
-def _ratio(cell: dict, key: str) -> float | None:
-    vanilla = cell["utility"]["face"]["vanilla"]
-    value = _face(cell, key)
-    return None if value is None or not vanilla or not vanilla.get(key) else value / vanilla[key]
-
-
 def _agreement(face: dict) -> float | None:
     """Mean agreement over the attributes (gender, age band, ethnicity) between the photos and the avatars."""
     values = [v for v in (face.get("attribute_agreement") or {}).values() if v is not None]
     return float(np.mean(values)) if values else None
 
 
-def _agreement_ratio(cell: dict) -> float | None:
-    vanilla, value = cell["utility"]["face"]["vanilla"], _agreement(cell["utility"]["face"])
-    baseline = _agreement(vanilla) if vanilla else None
+def _ratio(cell: dict, key: str) -> float | None:
+    """The cell's face measure ``key`` (or ``"attribute_agreement"``, averaged) over its vanilla cell's."""
+    of = _agreement if key == "attribute_agreement" else (lambda face: face.get(key))
+    face = cell["utility"]["face"]
+    value, baseline = of(face), of(face["vanilla"]) if face["vanilla"] else None
     return None if value is None or not baseline else value / baseline
 
 
@@ -55,7 +51,7 @@ MEASURES = {
     "SER-FIQ": lambda c: _face(c, "serfiq"),
     "SER-FIQ ×vanilla": lambda c: _ratio(c, "serfiq"),
     "attribute agreement": lambda c: _agreement(c["utility"]["face"]),
-    "attribute agreement ×vanilla": _agreement_ratio,
+    "attribute agreement ×vanilla": lambda c: _ratio(c, "attribute_agreement"),
     "consistency": lambda c: _face(c, "consistency"),
     "consistency ×vanilla": lambda c: _ratio(c, "consistency"),
     "face shape": lambda c: _face(c, "shape_distance"),

@@ -275,6 +275,7 @@ def personalize_yaml(tmp_path_factory) -> Path:
     return path
 
 
+ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["vanilla", "iddm", "noise", "cloak", "aspl"]
 
 
@@ -402,7 +403,7 @@ def test_archived_records_restore_a_benchmark_that_runs_only_the_rest(
 ):
     """benchmarks/archive_cells.py keeps the records of identities with every cell finished, and nothing made of
     the photos; restored into an empty folder, the benchmark runs only the cells of the other identities."""
-    script = Path(__file__).parents[1] / "benchmarks" / "archive_cells.py"
+    script = ROOT / "benchmarks" / "archive_cells.py"
     archive, restored = tmp_path / "archive", tmp_path / "restored"
     kinds = ["vanilla-off", "iddm-high", "noise-high", "cloak-high", "aspl-high"]
     subprocess.run(
@@ -429,6 +430,22 @@ def test_archived_records_restore_a_benchmark_that_runs_only_the_rest(
     assert records[("obama", "iddm")]["utility"] == archived["utility"]
     assert records[("obama", "iddm")]["backends"] == archived["backends"]
     assert archived["backends"]["sface"]["rank1"] == original[("obama", "iddm")]["backends"]["sface"]["rank1"]
+
+
+def test_archived_records_keep_no_attributes_read_from_the_users_photos():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("archive_cells", ROOT / "benchmarks" / "archive_cells.py")
+    archive_cells = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archive_cells)
+    read = {"gender": "male", "age": "20-39", "ethnicity": "black"}
+    agreement = {"gender": 1.0, "age": 0.5, "ethnicity": 0.0}
+    face = {"attributes_photos": dict(read), "attribute_agreement": agreement, "shape_distance": 1.1}
+    record = {"identity": "x", "utility": {"face": {**face, "vanilla": dict(face)}}}
+    public = archive_cells.without_personal_attributes(record)["utility"]["face"]
+    assert public["attributes_photos"] == {} and public["vanilla"]["attributes_photos"] == {}
+    assert public["attribute_agreement"] == agreement and public["vanilla"]["shape_distance"] == 1.1
+    assert archive_cells.without_personal_attributes({"utility": {"face": None}}) == {"utility": {"face": None}}
 
 
 def test_benchmark_anti_dreambooth_layout(identity_photos, tmp_path):
