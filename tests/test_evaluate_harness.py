@@ -470,6 +470,10 @@ def test_benchmark_anti_dreambooth_layout(identity_photos, tmp_path):
         ("obama", "vanilla-off-seed0"),
         ("obama", "vanilla-off-seed1"),
     ]
+    only_obama = plan_cells(list(identities.values()), ["vanilla"], ["high"], [0], users=["obama"])
+    assert [(c.identity, c.name) for c in only_obama] == [("obama", "vanilla-off-seed0")]
+    with pytest.raises(ValueError, match=r"--users \['ardern'\]: no user identity"):
+        plan_cells(list(identities.values()), ["vanilla"], ["high"], users=["ardern"])  # a distractor only
     out = tmp_path / "out"
     args = ["benchmark", "--dataset", str(root), "--output_dir", str(out), *TINY_BENCHMARK, "--methods", "vanilla"]
     assert main(args + ["--backends", "sface", "--seeds", "0", "1"]) == 0

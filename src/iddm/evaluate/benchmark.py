@@ -78,6 +78,11 @@ class BenchmarkConfig(AttackerOptions):
         METHODS, help="Methods to run; also 'iddm-unbounded' (IDDM with the unbounded identity loss, an ablation)."
     )
     levels: list[str] = field(["low", "medium", "high"], help="Privacy levels (presets or numbers in (0, 1]).")
+    users: list[str] = field(
+        [],
+        help="Run only these users' cells (identity folder names); every identity stays in the galleries, so the "
+        "attack is the full run's. Empty: every user.",
+    )
     model: str = field(
         DEFAULT_MODEL,
         help="Base model to personalize: 'iddm:face-prior' (the default shipped offline prior, now "
@@ -334,7 +339,7 @@ def prepare(config: BenchmarkConfig) -> tuple[Path, list[Identity], list[Cell], 
             f"--personalize_config may not set {sorted(RESERVED_OPTIONS & set(extra))}: the benchmark sets them."
         )
     identities = discover_dataset(config.dataset)
-    cells = plan_cells(identities, config.methods, config.levels, config.seeds)
+    cells = plan_cells(identities, config.methods, config.levels, config.seeds, config.users)
     settings = _settings(config, extra)
     output_dir = Path(config.output_dir)
     _check_settings(output_dir, settings)

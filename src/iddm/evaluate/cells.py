@@ -113,12 +113,19 @@ class Cell:
 
 
 def plan_cells(
-    identities: Sequence[Identity], methods: Sequence[str], levels: Sequence[str], seeds: Sequence[int] = (0,)
+    identities: Sequence[Identity],
+    methods: Sequence[str],
+    levels: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    users: Sequence[str] = (),
 ) -> list[Cell]:
     """Every (identity, method, level, seed) to run: vanilla once per identity and seed (level ``off``), the
-    others per level and seed."""
+    others per level and seed; only for ``users`` when given (names of user identities)."""
     from iddm.decouple.privacy import parse_level
 
+    not_users = sorted(set(users) - {i.name for i in identities if i.is_user})
+    if not_users:
+        raise ValueError(f"--users {not_users}: no user identity of that name in the dataset.")
     unknown = sorted(set(methods) - set(METHODS) - set(EXTRA_METHODS))
     if unknown:
         raise ValueError(f"Unknown --methods {unknown}; choose from {METHODS + EXTRA_METHODS}.")
@@ -127,7 +134,7 @@ def plan_cells(
             raise ValueError(f"--levels {level!r} is privacy off: that is the 'vanilla' method.")
     cells = []
     for identity in identities:
-        if not identity.is_user:
+        if not identity.is_user or (users and identity.name not in users):
             continue
         for seed in dict.fromkeys(seeds):
             for method in dict.fromkeys(methods):
