@@ -150,7 +150,7 @@ RESULT_SETTINGS = (
     "dataset model max_train_steps resolution surrogates backends num_images prompts generation_seed "
     "num_inference_steps guidance_scale robustness clip_model"
 ).split()
-"""What every cell's result depends on (methods, levels and seeds excluded: adding some later reuses finished
+"""What every cell's result depends on (methods, levels, seeds and users excluded: adding some later reuses finished
 cells)."""
 
 
