@@ -45,3 +45,18 @@ def test_marks_on_shuffled_sheets_come_back_to_their_images(tmp_path):
     assert "| iddm-high-seed0 | 1.00 ± 0.00 | 1.00–1.00 | 0 of 6 |" in tool.summary(labels)
     with pytest.raises(ValueError, match="a: give 6 marks"):
         tool.unshuffle(key, {"a": [0, 1]})
+
+
+def test_agreement_scores_rank_and_manifold():
+    spec = importlib.util.spec_from_file_location("eye_agreement", ROOT / "benchmarks" / "eye_agreement.py")
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    positive = np.array([True, True, False, False, False])
+    assert agreement.roc_auc(np.array([3.0, 2.0, 1.0, 0.0, 2.0]), positive) == pytest.approx(5.5 / 6)
+    assert agreement.roc_auc(np.array([0.0, 0.0, 1.0, 1.0, 1.0]), positive) == 0.0  # backwards reads below 0.5
+    real = np.random.default_rng(0).normal(size=(50, 4))
+    inside, outside = agreement.realism_scores(np.stack([real[0] + 1e-3, real[0] + 100.0]), real)
+    assert inside > 1.0 > outside  # on a real face: within its k-NN ball; far away: outside every ball
+    points = np.arange(136, dtype=float).reshape(68, 2)
+    five = agreement.five_of_68(points)
+    assert five.shape == (5, 2) and np.allclose(five[0], points[36:42].mean(0)) and np.allclose(five[4], points[54])
