@@ -3,9 +3,10 @@
 Measures of face quality can miss what a person sees at once (docs/evaluation.md, ``benchmarks/eye_agreement.py``).
 This makes the person's judgement a reproducible measurement:
 
-    # 1. One sheet per identity: the images of the given cells shuffled together, numbered, the cell hidden.
+    # 1. One sheet per identity: the images of the given cells shuffled together, numbered, the cell hidden
+    #    (FOLDER:CELL takes the same identity's cell from another benchmark folder: compare settings on one sheet).
     python benchmarks/eye_labels.py sheets --benchmark runs/bench --cells vanilla-off-seed0 iddm-high-seed0 \
-        --out runs/eye_sheets
+        [runs/bench_other:iddm-high-seed0] --out runs/eye_sheets
     # 2. Look at each sheet_<identity>.png and write marks.json: {identity: [one mark per number]}, 0 a plausible
     #    face, 1 a distorted one (features out of proportion or out of place, smeared or patched skin), 2 no face.
     # 3. Unshuffle into labels per cell and print the share of distorted faces per cell kind:
@@ -35,16 +36,21 @@ COLUMNS = 8
 MARKS = {0: "plausible", 1: "distorted", 2: "no face"}
 
 
-def _images(cell_dir: Path) -> list[Path]:
-    return sorted((cell_dir / "images").glob("image_*.png"))
+def images_of(benchmark: Path, identity: str, cell: str) -> Path:
+    """The images folder of ``cell`` (a cell name, or ``FOLDER:NAME`` for a cell of another benchmark folder)."""
+    folder, _, name = cell.rpartition(":")
+    return (Path(folder) if folder else benchmark) / "cells" / identity / name / "images"
 
 
-def write_sheets(benchmark: Path, cells: list[str], out: Path, seed: int) -> int:
-    """Write ``sheet_<identity>.png`` for each identity with every cell finished, and the hidden ``key.json``."""
+def write_sheets(benchmark: Path, cells: list[str], out: Path, seed: int, identities: list[str] | None = None) -> int:
+    """Write ``sheet_<identity>.png`` for each identity (of ``identities``, or all) with every cell finished, and
+    the hidden ``key.json``."""
     rng = random.Random(seed)
     key = {}
     for identity in sorted(p for p in (benchmark / "cells").iterdir() if p.is_dir()):
-        lists = {cell: _images(identity / cell) for cell in cells}
+        if identities and identity.name not in identities:
+            continue
+        lists = {cell: sorted(images_of(benchmark, identity.name, cell).glob("image_*.png")) for cell in cells}
         if not all(lists.values()):
             continue
         items = [(cell, path.name) for cell, paths in lists.items() for path in paths]
@@ -52,7 +58,7 @@ def write_sheets(benchmark: Path, cells: list[str], out: Path, seed: int) -> int
         rows = -(-len(items) // COLUMNS)
         sheet = Image.new("RGB", (COLUMNS * TILE, rows * TILE), "white")
         for number, (cell, name) in enumerate(items):
-            tile = Image.open(identity / cell / "images" / name).convert("RGB").resize((TILE, TILE))
+            tile = Image.open(images_of(benchmark, identity.name, cell) / name).convert("RGB").resize((TILE, TILE))
             draw = ImageDraw.Draw(tile)
             draw.rectangle([0, 0, 16, 10], fill="black")
             draw.text((1, 0), str(number), fill="yellow")
@@ -103,7 +109,14 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     sheets = commands.add_parser("sheets", help="Write shuffled, numbered sheets and their hidden key.")
     sheets.add_argument("--benchmark", type=Path, required=True, help="A benchmark folder with the cells' images.")
-    sheets.add_argument("--cells", nargs="+", required=True, help="Cell names to mix, e.g. vanilla-off-seed0.")
+    sheets.add_argument(
+        "--cells",
+        nargs="+",
+        required=True,
+        help="Cells to mix on one sheet per identity: names (vanilla-off-seed0) or FOLDER:NAME for another benchmark "
+        "folder's cell of the same identity (settings benchmarked separately), so all share one judge's threshold.",
+    )
+    sheets.add_argument("--identities", nargs="*", help="Only these identities (default: every one with all cells).")
     sheets.add_argument("--out", type=Path, required=True, help="Folder for the sheets and key.json.")
     sheets.add_argument("--seed", type=int, default=7, help="Seed of the shuffle.")
     score = commands.add_parser("score", help="Unshuffle marks into labels per cell and summarize them.")
@@ -116,7 +129,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "sheets":
-            count = write_sheets(args.benchmark, args.cells, args.out, args.seed)
+            count = write_sheets(args.benchmark, args.cells, args.out, args.seed, args.identities)
             print(f"{count} sheets in {args.out}")
             return 0 if count else 1
         if args.command == "score":

@@ -45,6 +45,14 @@ def test_marks_on_shuffled_sheets_come_back_to_their_images(tmp_path):
     assert "| iddm-high-seed0 | 1.00 ± 0.00 | 1.00–1.00 | 0 of 6 |" in tool.summary(labels)
     with pytest.raises(ValueError, match="a: give 6 marks"):
         tool.unshuffle(key, {"a": [0, 1]})
+    # A cell of another benchmark folder joins the same person's sheet.
+    other = tmp_path / "other" / "cells" / "a" / "iddm-high-seed0" / "images"
+    other.mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(other / "image_0000.png")
+    cells = ["vanilla-off-seed0", f"{tmp_path / 'other'}:iddm-high-seed0"]
+    assert tool.write_sheets(tmp_path / "bench", cells, tmp_path / "mixed", seed=0, identities=["a"]) == 1
+    items = json.loads((tmp_path / "mixed" / tool.KEY_FILE).read_text())["items"]["a"]
+    assert sorted(map(tuple, items))[-1] == (cells[1], "image_0000.png") and len(items) == 4
 
 
 def test_agreement_scores_rank_and_manifold():
