@@ -360,6 +360,11 @@ option_case(
     "surrogates_per_step_3", ["--surrogates_per_step", "3"], "--surrogates_per_step is 3 but only 2 surrogates are set"
 )
 option_case("epsilon_2", ["--epsilon", "2"], "--epsilon must be <= 1, got 2.0")
+option_case(
+    "epsilon_0_with_privacy",
+    ["--privacy", "high", "--epsilon", "0"],
+    "--epsilon 0 at --privacy high would train without any defense",
+)
 option_case("surrogates_dlib", ["--surrogates", "dlib"], "argument --surrogates: invalid choice: 'dlib'", "sface")
 option_case(
     "surrogate_weights_count", ["--surrogate_weights", "1", "2", "3"], "--surrogate_weights has 3 values for 2"

@@ -196,9 +196,16 @@ class PrivacyConfig:
     def problems(self) -> list[str]:
         problems = []
         try:
-            parse_level(self.privacy)
+            level = parse_level(self.privacy)[0]
         except ValueError as err:
             problems.append(str(err).rstrip("."))
+            level = 0.0
+        if level > 0 and self.epsilon == 0:
+            # The defense is off without a pixel budget (PrivacySettings.enabled): say so, not train undefended.
+            problems.append(
+                f"--epsilon 0 at --privacy {self.privacy} would train without any defense; give a budget above 0, "
+                "or --privacy off for an undefended run"
+            )
         if self.surrogate_weights is not None and len(self.surrogate_weights) != len(self.surrogates):
             problems.append(
                 f"--surrogate_weights has {len(self.surrogate_weights)} values for {len(self.surrogates)} surrogates"
