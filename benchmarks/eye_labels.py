@@ -125,7 +125,7 @@ def main() -> int:
     score.add_argument("--about", default="", help="How, by whom and when the marks were made.")
     score.add_argument("--out", type=Path, required=True, help="Labels JSON (what eye_agreement.py reads).")
     show = commands.add_parser("summary", help="Summarize a labels JSON.")
-    show.add_argument("--labels", type=Path, required=True)
+    show.add_argument("--labels", type=Path, required=True, help="A labels JSON that `score` wrote.")
     args = parser.parse_args()
     try:
         if args.command == "sheets":
