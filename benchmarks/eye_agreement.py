@@ -31,8 +31,8 @@ import numpy as np
 
 from iddm.evaluate.face_quality import realism_features, serfiq_scores
 from iddm.evaluate.face_utility import largest_face, photos_of, real_face_features
-from iddm.evaluate.geometry import shape_distances
-from iddm.faces.shape import face_shape_points
+from iddm.evaluate.geometry import face_shapes
+from iddm.faces.shape import shape_distance
 from iddm.images import atomic_write_text, list_photos, load_photo
 
 REALISM_K = 3
@@ -47,10 +47,15 @@ def five_of_68(points: np.ndarray) -> np.ndarray:
     return np.stack([left, right, points[DLIB_FIVE["nose"]], *(points[i] for i in DLIB_FIVE["mouth"])])
 
 
-def realism_scores(features: np.ndarray, real: np.ndarray, k: int = REALISM_K) -> np.ndarray:
-    """``(N,)`` realism score of ``features`` ``(N, D)`` against ``real`` ``(M, D)`` (Kynkäänniemi et al. 2019)."""
+def knn_radii(real: np.ndarray, k: int = REALISM_K) -> np.ndarray:
+    """``(M,)`` distance of each of ``real`` ``(M, D)`` to its k-th nearest other one."""
     within = np.linalg.norm(real[:, None] - real[None], axis=-1)
-    radius = np.sort(within, axis=1)[:, k]  # column 0 is the face itself
+    return np.sort(within, axis=1)[:, k]  # column 0 is the face itself
+
+
+def realism_scores(features: np.ndarray, real: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """``(N,)`` realism score of ``features`` ``(N, D)`` against ``real`` ``(M, D)`` with its :func:`knn_radii`
+    (Kynkäänniemi et al. 2019)."""
     to_real = np.linalg.norm(features[:, None] - real[None], axis=-1)
     return (radius[None] / np.maximum(to_real, 1e-12)).max(1)
 
@@ -62,24 +67,26 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(greater + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
-def image_measures(images: list[np.ndarray], real: np.ndarray) -> dict[str, list[float | None]]:
+def image_measures(images: list[np.ndarray], real: np.ndarray, radius: np.ndarray) -> dict[str, list[float | None]]:
     """Every candidate measure of each image (``None`` without a face); higher reads more distorted."""
     faces = [largest_face(image) for image in images]
-    shapes = iter(shape_distances(images, faces))
+    points = face_shapes(images, faces)  # dlib's 68 once per face, for the shape distance and the five points
+    shapes = iter(zip(points, shape_distance(points).numpy()))
     serfiq = serfiq_scores(images, faces)
-    realism = realism_scores(realism_features(images), real)
+    realism = realism_scores(realism_features(images), real, radius)
     rows: dict[str, list[float | None]] = {k: [] for k in ("yunet_score", "serfiq", "shape_distance")}
     rows.update(landmark_disagreement=[], realism=[])
-    for image, face, quality, real_score in zip(images, faces, serfiq, realism):
+    for face, quality, real_score in zip(faces, serfiq, realism):
         if face is None:
             for values in rows.values():
                 values.append(None)
             continue
-        five = five_of_68(face_shape_points(image, face.landmarks))
+        face_points, distance = next(shapes)
+        five = five_of_68(face_points)
         eye_distance = float(np.linalg.norm(face.landmarks[0] - face.landmarks[1]))
         rows["yunet_score"].append(-face.score)
         rows["serfiq"].append(-quality)
-        rows["shape_distance"].append(float(next(shapes)))
+        rows["shape_distance"].append(float(distance))
         disagreement = np.linalg.norm(five - face.landmarks, axis=1).mean() / eye_distance
         rows["landmark_disagreement"].append(float(disagreement))
         rows["realism"].append(-float(real_score))
@@ -98,12 +105,13 @@ def main() -> int:
     labels = json.loads(args.labels.read_text())["labels"]
     real_paths = [p for folder in sorted(args.dataset.glob("*/set_C")) for p in list_photos(folder, min_photos=0)]
     real = real_face_features(photos_of(real_paths), args.resolution, "aligned")
+    radius = knn_radii(real)
     measured, truth, defense = {}, [], []
     for identity, cells in labels.items():
         for cell, marks in cells.items():
             folder = args.benchmark / "cells" / identity / cell / "images"
             images = [load_photo(folder / f"image_{i:04d}.png") for i in range(len(marks))]
-            for name, values in image_measures(images, real).items():
+            for name, values in image_measures(images, real, radius).items():
                 measured.setdefault(name, []).extend(values)
             truth.extend(marks)
             defense.extend([not cell.startswith("vanilla")] * len(marks))

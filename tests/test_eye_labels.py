@@ -63,7 +63,9 @@ def test_agreement_scores_rank_and_manifold():
     assert agreement.roc_auc(np.array([3.0, 2.0, 1.0, 0.0, 2.0]), positive) == pytest.approx(5.5 / 6)
     assert agreement.roc_auc(np.array([0.0, 0.0, 1.0, 1.0, 1.0]), positive) == 0.0  # backwards reads below 0.5
     real = np.random.default_rng(0).normal(size=(50, 4))
-    inside, outside = agreement.realism_scores(np.stack([real[0] + 1e-3, real[0] + 100.0]), real)
+    inside, outside = agreement.realism_scores(
+        np.stack([real[0] + 1e-3, real[0] + 100.0]), real, agreement.knn_radii(real)
+    )
     assert inside > 1.0 > outside  # on a real face: within its k-NN ball; far away: outside every ball
     points = np.arange(136, dtype=float).reshape(68, 2)
     five = agreement.five_of_68(points)
