@@ -239,6 +239,46 @@ def test_the_shape_limit_keeps_the_warped_faces_within_a_real_face_shape(photos6
     assert record["warped_shape_distance"] == pytest.approx(float(held.mean()), abs=1e-4) and record["warp_px"] > 0
 
 
+def test_a_shared_perturbation_gives_every_photo_the_same_change_within_the_shape_limit(photos64, tmp_path):
+    """--shared_perturbation holds one δ grid and one warp for all the aligned photos: every photo gets the same
+    change (the δ added and the field that moves it), it still lowers the identity loss, the shape limit holds for
+    every photo's face, and it saves and restores as one row."""
+    settings = _settings(
+        privacy="high",
+        eot=[],
+        lambda_gen=0.0,
+        warp=3.0,
+        warp_grid=4,
+        delta_grid=8,
+        shape_limit=1.0,
+        shared_perturbation=True,
+        step_size=4 / 255,
+    )
+    optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
+    clean, indices = photos64.images, torch.arange(len(photos64.images))
+    before, _ = optimizer.identity(clean, indices)
+    optimizer.run_round(PixelBackbone.from_scratch(64), clean, "p", 4, torch.Generator().manual_seed(0))
+    perturbation = optimizer.perturbation
+    assert perturbation.delta.shape == (1, 3, 8, 8) and perturbation.flow.shape == (1, 2, 4, 4)
+    assert perturbation.delta.abs().max() > 0 and perturbation.flow.abs().max() > 0
+    # The same field moves a uniform image identically in every row: one change, not one per photo.
+    grey = torch.full_like(clean, 0.5)
+    grey[..., ::8, :] = 0.0
+    moved = perturbation.perturbed(grey)
+    assert all(torch.allclose(moved[0], row, atol=1e-6) for row in moved[1:])
+    after, _ = optimizer.identity(perturbation.perturbed(clean), indices)
+    assert after.item() < before.item() - 0.01
+    size = tuple(clean.shape[-2:])
+    held = optimizer.shape_limit.distances(perturbation.flow, size)
+    assert held.shape == (len(clean),) and torch.all(held <= optimizer.shape_limit.caps + 0.01)
+    perturbation.save(tmp_path / "delta.safetensors")
+    restored = type(perturbation)(clean.shape, torch.device("cpu"), 4, 8, shared=True)
+    restored.load(tmp_path / "delta.safetensors")
+    assert torch.equal(restored.perturbed(clean), perturbation.perturbed(clean))
+    with pytest.raises(ValueError, match="same photos"):  # a per-photo δ does not load into a shared one
+        type(perturbation)(clean.shape, torch.device("cpu"), 4, 8).load(tmp_path / "delta.safetensors")
+
+
 @pytest.mark.parametrize("method", ["lora", "dreambooth"])
 def test_iddm_on_tiny_stable_diffusion(method, train_dir, tmp_path):
     tiny = save_tiny_sd_pipeline(tmp_path / "tiny")

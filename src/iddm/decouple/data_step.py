@@ -36,11 +36,17 @@ from iddm.images import atomic_write_safetensors, list_photos, load_photo
 class Perturbation:
     """δ for the N training photos ``(N, 3, R, R)`` (0 at the start), or with ``delta_grid = g`` a smooth δ held on a
     ``(N, 3, g, g)`` grid (:func:`iddm.decouple.objective.expand`), and, with ``warp_grid = g' > 0``, the smooth
-    displacement field ``flow`` ``(N, 2, g', g')`` in pixels (:func:`iddm.decouple.objective.warp`; 0 at the start)."""
+    displacement field ``flow`` ``(N, 2, g', g')`` in pixels (:func:`iddm.decouple.objective.warp`; 0 at the start).
+    With ``shared`` both hold one row (``N = 1``) that every photo gets: the photos are aligned crops, so that is the
+    same change of face in each."""
 
-    def __init__(self, shape: torch.Size, device: torch.device, warp_grid: int = 0, delta_grid: int = 0):
-        self.delta = torch.zeros(shape if delta_grid == 0 else (*shape[:2], delta_grid, delta_grid), device=device)
-        self.flow = torch.zeros(shape[0], 2, warp_grid, warp_grid, device=device) if warp_grid else None
+    def __init__(
+        self, shape: torch.Size, device: torch.device, warp_grid: int = 0, delta_grid: int = 0, shared: bool = False
+    ):
+        rows = 1 if shared else shape[0]
+        size = tuple(shape[2:]) if delta_grid == 0 else (delta_grid, delta_grid)
+        self.delta = torch.zeros(rows, shape[1], *size, device=device)
+        self.flow = torch.zeros(rows, 2, warp_grid, warp_grid, device=device) if warp_grid else None
         self._perturbed: tuple[tuple, torch.Tensor] | None = None
 
     def full(self, delta: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -211,7 +217,7 @@ def build_data_optimizer(settings: PrivacySettings, photos: TrainingPhotos, devi
         recognizers, settings.surrogate_weights, clean, photos.landmarks, decoys, margins, settings.surrogate_precision
     )
     warp_grid = settings.warp_grid if settings.warp > 0 else 0
-    perturbation = Perturbation(clean.shape, device, warp_grid, settings.delta_grid)
+    perturbation = Perturbation(clean.shape, device, warp_grid, settings.delta_grid, settings.shared_perturbation)
     shape_limit = None
     if warp_grid and settings.shape_limit > 0:
         shape_limit = ShapeLimit.of(photos.as_uint8(), photos.landmarks.cpu().numpy(), settings.shape_limit, device)

@@ -44,10 +44,13 @@ def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     Args:
         images: ``(N, C, H, W)``.
         flow: ``(N, 2, g, g)`` displacements ``(x, y)`` in pixels of ``images`` at ``g × g`` control points,
-            upsampled bicubically to ``H × W``; a zero flow returns ``images`` unchanged.
+            upsampled bicubically to ``H × W`` (``(1, 2, g, g)``: the same field for every image); a zero flow
+            returns ``images`` unchanged.
     """
     n, _, height, width = images.shape
-    field = F.interpolate(flow.to(images), size=(height, width), mode="bicubic", align_corners=True)
+    field = F.interpolate(flow.to(images), size=(height, width), mode="bicubic", align_corners=True).expand(
+        n, -1, -1, -1
+    )
     ys = torch.linspace(-1, 1, height, device=images.device, dtype=images.dtype)
     xs = torch.linspace(-1, 1, width, device=images.device, dtype=images.dtype)
     identity = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).expand(n, height, width, 2)

@@ -24,6 +24,7 @@ warp (px per 64 px)    3 p                         0.99, 1.98, 3 (smooth reshapi
 warp grid              8 (option)                  control points per side of the warp
 shape limit            0 (option)                  e.g. 1: the warped faces' 68-point shape stays within a
                                                    typical real face's distance (no caricature)
+shared perturbation    off (option)                one δ and warp for all the photos (a consistent change)
 delta grid             the model's recommendation  δ held on a g x g grid, upsampled smoothly (128-px
                                                    prior 16, others 0: per pixel)
 =====================  ==========================  ==========================================
@@ -170,6 +171,12 @@ class PrivacyConfig:
         ge=0,
         le=1,
     )
+    shared_perturbation: bool = field(
+        False,
+        help="One perturbation for all the photos: a single δ and warp, held in the aligned face frame the photos "
+        "share, so every photo shows the same change of face (one consistent other person) instead of each its "
+        "own, which the LoRA would average into a mixture of changes.",
+    )
     decoy: str = field(
         "none",
         help="Also pull the faces toward a decoy (its part orthogonal to the user): a photo, a folder of photos "
@@ -261,6 +268,7 @@ class PrivacySettings:
     delta_grid: int = 0
     delta_chroma: float = 1.0
     lambda_natural: float = 0.0
+    shared_perturbation: bool = False
     data_step_checkpointing: bool = True
 
     @property
@@ -354,6 +362,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         delta_grid=pick(config.delta_grid, 0),
         delta_chroma=config.delta_chroma,
         lambda_natural=pick(config.lambda_natural, 0.0),
+        shared_perturbation=config.shared_perturbation,
         data_step_checkpointing=config.data_step_checkpointing,
     )
     # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
@@ -361,5 +370,7 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
     return (
         settings
         if settings.white_box
-        else replace(settings, decoy=None, warp=0.0, shape_limit=0.0, delta_grid=0, delta_chroma=1.0)
+        else replace(
+            settings, decoy=None, warp=0.0, shape_limit=0.0, delta_grid=0, delta_chroma=1.0, shared_perturbation=False
+        )
     )

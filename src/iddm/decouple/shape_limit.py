@@ -57,13 +57,16 @@ class ShapeLimit:
         return cls(torch.tensor(points, dtype=torch.float32, device=device), caps.float().to(device))
 
     def distances(self, flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``(N,)`` shape distance of the warped faces (differentiable in ``flow``)."""
+        """``(N,)`` shape distance of the warped faces (differentiable in ``flow``, ``(N, 2, g, g)`` or one shared
+        ``(1, 2, g, g)``)."""
+        flow = flow.expand(len(self.points), -1, -1, -1)
         return shape_distance(warped_points(flow, self.points, size)).to(flow.dtype)
 
     def project(self, flow: torch.Tensor, bound: float, size: tuple[int, int], iterations: int = 20) -> torch.Tensor:
-        """``flow`` ``(N, 2, g, g)`` moved, photo by photo, down the gradient of its shape distance's excess over
-        its cap (each step moves a control point by at most ``bound / 16`` px, within ``±bound``) until every warped
-        face is within its cap or ``iterations`` run out."""
+        """``flow`` ``(N, 2, g, g)`` moved, photo by photo, down the gradient of its shape distance's excess over its
+        cap (each step moves a control point by at most ``bound / 16`` px, within ``±bound``) until every warped face
+        is within its cap or ``iterations`` run out. A shared ``(1, 2, g, g)`` flow follows the summed excess of all
+        the photos' faces."""
         for _ in range(iterations):
             flow = flow.detach().requires_grad_(True)
             excess = (self.distances(flow, size) - self.caps).clamp(min=0)
