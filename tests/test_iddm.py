@@ -275,7 +275,7 @@ def test_a_shared_perturbation_gives_every_photo_the_same_change_within_the_shap
     restored = type(perturbation)(clean.shape, torch.device("cpu"), 4, 8, shared=True)
     restored.load(tmp_path / "delta.safetensors")
     assert torch.equal(restored.perturbed(clean), perturbation.perturbed(clean))
-    with pytest.raises(ValueError, match="same photos"):  # a per-photo δ does not load into a shared one
+    with pytest.raises(ValueError, match="shared_perturbation"):  # a shared δ does not load into a per-photo one
         type(perturbation)(clean.shape, torch.device("cpu"), 4, 8).load(tmp_path / "delta.safetensors")
 
 

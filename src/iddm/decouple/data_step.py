@@ -86,7 +86,7 @@ class Perturbation:
         if delta.shape != self.delta.shape or (flow is not None and flow.shape[0] != delta.shape[0]):
             raise ValueError(
                 f"{source}: its perturbation has shape {tuple(delta.shape)}, this run's photos "
-                f"{tuple(self.delta.shape)}. Use the same photos and resolution."
+                f"{tuple(self.delta.shape)}. Use the same photos, resolution and --shared_perturbation."
             )
         self.delta = delta.to(self.delta.device)
         if flow is not None:
