@@ -48,9 +48,8 @@ def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
             returns ``images`` unchanged.
     """
     n, _, height, width = images.shape
-    field = F.interpolate(flow.to(images), size=(height, width), mode="bicubic", align_corners=True).expand(
-        n, -1, -1, -1
-    )
+    field = F.interpolate(flow.to(images), size=(height, width), mode="bicubic", align_corners=True)
+    field = field.expand(n, -1, -1, -1)  # a shared flow moves every image alike
     ys = torch.linspace(-1, 1, height, device=images.device, dtype=images.dtype)
     xs = torch.linspace(-1, 1, width, device=images.device, dtype=images.dtype)
     identity = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).expand(n, height, width, 2)
