@@ -365,6 +365,11 @@ option_case(
     ["--privacy", "high", "--epsilon", "0"],
     "--epsilon 0 at --privacy high would train without any defense",
 )
+option_case(
+    "data_steps_0_with_privacy",
+    ["--privacy", "medium", "--data_steps", "0"],
+    "--data_steps 0 at --privacy medium would train without any defense",
+)
 option_case("surrogates_dlib", ["--surrogates", "dlib"], "argument --surrogates: invalid choice: 'dlib'", "sface")
 option_case(
     "surrogate_weights_count", ["--surrogate_weights", "1", "2", "3"], "--surrogate_weights has 3 values for 2"

@@ -207,10 +207,12 @@ class PrivacyConfig:
         except ValueError as err:
             problems.append(str(err).rstrip("."))
             level = 0.0
-        if level > 0 and self.epsilon == 0:
-            # The defense is off without a pixel budget (PrivacySettings.enabled): say so, not train undefended.
+        if level > 0 and not resolve_privacy(self).enabled:
+            # PrivacySettings.enabled is the one rule for "no defense": a level with options that switch it off is
+            # refused rather than trained undefended.
+            culprit = "--epsilon 0" if self.epsilon == 0 else f"--data_steps {self.data_steps}"
             problems.append(
-                f"--epsilon 0 at --privacy {self.privacy} would train without any defense; give a budget above 0, "
+                f"{culprit} at --privacy {self.privacy} would train without any defense; give it a value above 0, "
                 "or --privacy off for an undefended run"
             )
         if self.surrogate_weights is not None and len(self.surrogate_weights) != len(self.surrogates):
