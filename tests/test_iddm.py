@@ -63,8 +63,13 @@ def test_privacy_levels_parse_and_map_monotonically():
     assert [s.warp for s in settings] == pytest.approx([0, 0.99, 1.98, 3.0])
     overridden = _settings(privacy="high", epsilon=0.01, data_steps=2, warp=0)
     assert overridden.epsilon == 0.01 and overridden.data_steps == 2 and overridden.warp == 0
-    # The controls keep their published definitions: no warp for noise and ASPL.
-    assert _settings(privacy="high", defense="noise").warp == _settings(privacy="high", defense="aspl").warp == 0
+    # The controls keep their published definitions: no warp, shape limit, δ structure or sharing for noise and ASPL.
+    identity_only = dict(warp=2.0, shape_limit=1.0, delta_grid=8, delta_chroma=0.25, shared_perturbation=True)
+    for defense in ("noise", "aspl"):
+        control = _settings(privacy="high", defense=defense, **identity_only)
+        assert (control.warp, control.shape_limit, control.delta_grid) == (0, 0, 0)
+        assert control.delta_chroma == 1.0 and not control.shared_perturbation
+    assert _settings(privacy="high", defense="iddm", **identity_only).shared_perturbation
     assert _settings(privacy="high", defense="cloak").warp == 3.0
 
 

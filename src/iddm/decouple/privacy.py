@@ -35,7 +35,7 @@ The objectives themselves are in :mod:`iddm.decouple.objective` (and ``docs/desi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -260,8 +260,8 @@ class PrivacySettings:
     eot: tuple[str, ...]
     jitter: float
     low_frequency: int
-    decoy: str | None
     max_denoise_timestep: int
+    decoy: str | None = None
     defense: str = "iddm"
     cloak_steps: int = 60
     warp: float = 0.0
@@ -296,6 +296,11 @@ class PrivacySettings:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "enabled": self.enabled}
+
+
+IDENTITY_ONLY_SETTINGS = ("decoy", "warp", "shape_limit", "delta_grid", "delta_chroma", "shared_perturbation")
+"""Settings only the identity objectives (iddm, cloak) use: the noise control and ASPL keep their published
+definitions, so for them these fields fall back to their defaults (nothing is loaded, warped or recorded)."""
 
 
 def decoy_path(decoy: str | Path | None) -> str | None:
@@ -367,12 +372,6 @@ def resolve_privacy(config: PrivacyConfig) -> PrivacySettings:
         shared_perturbation=config.shared_perturbation,
         data_step_checkpointing=config.data_step_checkpointing,
     )
-    # Only the identity objectives (iddm, cloak) pull toward a decoy or reshape the faces; the noise control and
-    # ASPL keep their published definitions (nothing is loaded, warped or recorded for them).
-    return (
-        settings
-        if settings.white_box
-        else replace(
-            settings, decoy=None, warp=0.0, shape_limit=0.0, delta_grid=0, delta_chroma=1.0, shared_perturbation=False
-        )
-    )
+    if settings.white_box:
+        return settings
+    return replace(settings, **{f.name: f.default for f in fields(settings) if f.name in IDENTITY_ONLY_SETTINGS})
