@@ -55,10 +55,15 @@ def test_marks_on_shuffled_sheets_come_back_to_their_images(tmp_path):
     assert (cells[1], "image_0000.png") in map(tuple, items) and len(items) == 4
 
 
-def test_agreement_scores_rank_and_manifold():
+def _agreement():
     spec = importlib.util.spec_from_file_location("eye_agreement", ROOT / "benchmarks" / "eye_agreement.py")
-    agreement = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agreement)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agreement_scores_rank_and_manifold():
+    agreement = _agreement()
     positive = np.array([True, True, False, False, False])
     assert agreement.roc_auc(np.array([3.0, 2.0, 1.0, 0.0, 2.0]), positive) == pytest.approx(5.5 / 6)
     assert agreement.roc_auc(np.array([0.0, 0.0, 1.0, 1.0, 1.0]), positive) == 0.0  # backwards reads below 0.5
@@ -70,3 +75,31 @@ def test_agreement_scores_rank_and_manifold():
     points = np.arange(136, dtype=float).reshape(68, 2)
     five = agreement.five_of_68(points)
     assert five.shape == (5, 2) and np.allclose(five[0], points[36:42].mean(0)) and np.allclose(five[4], points[54])
+
+
+def test_agreement_pools_sheets_and_reads_the_prior_denoising_error(tmp_path, photos_dir):
+    agreement = _agreement()
+    sheets = [
+        {"benchmark": "runs/a", "labels": {"p": {"vanilla-off-seed0": [0, 1], "runs/b:iddm-high-seed0": [2]}}},
+        {"benchmark": "runs/b", "labels": {"p": {"iddm-high-seed0": [1, 1]}}},
+    ]
+    files = [tmp_path / f"{i}.json" for i in range(2)]
+    for file, sheet in zip(files, sheets):
+        file.write_text(json.dumps(sheet))
+    pooled = agreement.pooled_labels(files)
+    defense = Path("runs/b/cells/p/iddm-high-seed0/images")
+    assert pooled[defense / "image_0000.png"] == [2, 1]  # the same image seen on two sheets
+    assert pooled[defense / "image_0001.png"] == [1]
+    assert pooled[Path("runs/a/cells/p/vanilla-off-seed0/images/image_0001.png")] == [1]
+
+    from iddm.diffusion.loading import load_backbone
+
+    backbone = load_backbone("iddm:face-prior-128")  # the shipped prior: real weights, no hub
+    photo = np.asarray(Image.open(photos_dir / "ardern_1.jpg").convert("RGB").resize((128, 128)))
+    blocks = photo.reshape(8, 16, 8, 16, 3).transpose(0, 2, 1, 3, 4).reshape(64, 16, 16, 3)
+    scrambled = blocks[np.random.default_rng(0).permutation(64)].reshape(8, 8, 16, 16, 3)
+    scrambled = np.ascontiguousarray(scrambled.transpose(0, 2, 1, 3, 4).reshape(128, 128, 3))
+    errors = agreement.prior_denoising_errors(backbone, [photo, photo, scrambled], batch_size=2)
+    assert errors.shape == (3,) and np.isfinite(errors).all() and (errors > 0).all()
+    assert errors[0] == pytest.approx(errors[1], rel=1e-5)  # same noise for every image, across batches too
+    assert errors[2] > errors[0]  # a face cut into shuffled tiles is harder for the face prior to restore
