@@ -5,7 +5,8 @@
 
 Each labels file (``{"benchmark": FOLDER, "labels": {identity: {cell: [16 ints]}}}``, one int per
 ``image_NNNN.png``; a cell written ``OTHER_FOLDER:cell`` lies in another benchmark folder) says 0 for a plausible
-face, 1 for a distorted one, 2 for no face to judge. An image labelled on several sheets counts once, distorted
+face, 1 for a distorted one, 2 for no face to judge. An image labelled on several sheets (or copied into several
+benchmark folders: same bytes) counts once, distorted
 when at least half its labels say so, and is left out if any sheet found no face in it. For every other image
 whose files are present this computes:
 
@@ -31,6 +32,7 @@ only (which a measure that only tells cells apart cannot do), with the mean per 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -149,6 +151,17 @@ def pooled_labels(files: list[Path]) -> dict[Path, list[int]]:
     return pooled
 
 
+def merge_copies(pooled: dict[Path, list[int]]) -> dict[Path, list[int]]:
+    """The images of ``pooled`` present on disk, copies of one file (a vanilla cell copied into several benchmark
+    folders) merged under the first path seen, with all their labels."""
+    merged: dict[str, tuple[Path, list[int]]] = {}
+    for path, marks in pooled.items():
+        if path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            merged.setdefault(digest, (path, []))[1].extend(marks)
+    return dict(merged.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, required=True, help="The benchmarks' dataset (its set_C photos).")
@@ -159,7 +172,7 @@ def main() -> int:
     args = parser.parse_args()
 
     pooled = pooled_labels(args.labels)
-    present = {path: marks for path, marks in pooled.items() if path.is_file()}
+    present = merge_copies(pooled)
     backbone = load_backbone(args.prior)
     real_paths = [p for folder in sorted(args.dataset.glob("*/set_C")) for p in list_photos(folder, min_photos=0)]
     real = real_face_features(photos_of(real_paths), args.resolution, "aligned")
@@ -173,11 +186,11 @@ def main() -> int:
         truth.extend(2 if 2 in present[p] else int(np.mean(present[p]) >= 0.5) for p in paths)
         defense.extend([not folder.parent.name.startswith("vanilla")] * len(paths))
     truth, defense = np.array(truth), np.array(defense)
-    missing = len(pooled) - len(present)
+    missing = sum(not path.is_file() for path in pooled)
     lines = [
         f"{len(real)} real faces; {int((truth == 1).sum())} distorted and {int((truth == 0).sum())} plausible faces "
         f"by eye, {int((truth == 2).sum())} without a face to judge ({len(args.labels)} label files; {missing} "
-        "labelled images not found)",
+        f"labelled images not found; {len(pooled) - missing - len(present)} copies merged)",
         "",
         "| measure (higher = more distorted) | AUC, all labelled | AUC, defense cells only | mean vanilla | "
         "mean defense | faces measured |",

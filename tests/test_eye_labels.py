@@ -91,6 +91,14 @@ def test_agreement_pools_sheets_and_reads_the_prior_denoising_error(tmp_path, ph
     assert pooled[defense / "image_0000.png"] == [2, 1]  # the same image seen on two sheets
     assert pooled[defense / "image_0001.png"] == [1]
     assert pooled[Path("runs/a/cells/p/vanilla-off-seed0/images/image_0001.png")] == [1]
+    # A vanilla cell copied into two benchmark folders is one set of images.
+    for folder, level in (("a", 10), ("b", 10), ("c", 20)):
+        cell = tmp_path / folder / "cells" / "p" / "vanilla-off-seed0" / "images"
+        cell.mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(cell / "image_0000.png")
+    copies = {tmp_path / f / "cells/p/vanilla-off-seed0/images/image_0000.png": [i] for i, f in enumerate("abc")}
+    merged = agreement.merge_copies({**copies, tmp_path / "gone.png": [1]})
+    assert list(merged.values()) == [[0, 1], [2]] and tmp_path / "gone.png" not in merged
 
     from iddm.diffusion.loading import load_backbone
 
