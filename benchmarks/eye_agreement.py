@@ -6,9 +6,8 @@
 Each labels file (``{"benchmark": FOLDER, "labels": {identity: {cell: [16 ints]}}}``, one int per
 ``image_NNNN.png``; a cell written ``OTHER_FOLDER:cell`` lies in another benchmark folder) says 0 for a plausible
 face, 1 for a distorted one, 2 for no face to judge. An image labelled on several sheets (or copied into several
-benchmark folders: same bytes) counts once, distorted
-when at least half its labels say so, and is left out if any sheet found no face in it. For every other image
-whose files are present this computes:
+benchmark folders: the same bytes) counts once, distorted when at least half its labels say so, and is left out
+if any sheet found no face in it. For every other image whose file is present this computes:
 
 * ``yunet_score``: YuNet's detection confidence;
 * ``serfiq``: SER-FIQ (:func:`iddm.evaluate.face_quality.serfiq_scores`);
