@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iddm.diffusion.backbone import Conditioning
 from iddm.diffusion.loading import load_backbone
 from iddm.diffusion.objectives import predicted_x0
 from iddm.evaluate.face_quality import realism_features, serfiq_scores
@@ -91,11 +92,14 @@ def prior_denoising_errors(backbone, images: list[np.ndarray], batch_size: int =
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((DENOISING_DRAWS, len(DENOISING_TIMESTEPS), *backbone.latent_shape), generator=generator)
     alpha_bar = backbone.noise_scheduler.alphas_cumprod
+    prompt = backbone.encode_prompts([DENOISING_PROMPT])  # one text encoding, shared by every batch
     errors = np.zeros(len(images))
     for start in range(0, len(images), batch_size):
         pixels = np.stack(images[start : start + batch_size])
         latents = backbone.to_diffusion_space(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0)
-        conditioning = backbone.encode_prompts([DENOISING_PROMPT] * len(latents))
+        n = len(latents)
+        added = {key: value.expand(n, *value.shape[1:]) for key, value in prompt.added.items()}  # SDXL's extras
+        conditioning = Conditioning(prompt.hidden_states.expand(n, -1, -1), added)
         for j, t in enumerate(DENOISING_TIMESTEPS):
             timesteps = torch.full((len(latents),), t, dtype=torch.long)
             for draw in noise[:, j]:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from iddm.diffusion.loading import load_backbone
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -99,8 +101,6 @@ def test_agreement_pools_sheets_and_reads_the_prior_denoising_error(tmp_path, ph
     copies = {tmp_path / f / "cells/p/vanilla-off-seed0/images/image_0000.png": [i] for i, f in enumerate("abc")}
     merged = agreement.merge_copies({**copies, tmp_path / "gone.png": [1]})
     assert list(merged.values()) == [[0, 1], [2]] and tmp_path / "gone.png" not in merged
-
-    from iddm.diffusion.loading import load_backbone
 
     backbone = load_backbone("iddm:face-prior-128")  # the shipped prior: real weights, no hub
     photo = np.asarray(Image.open(photos_dir / "ardern_1.jpg").convert("RGB").resize((128, 128)))
