@@ -1,0 +1,148 @@
+"""The privacy-utility frontier as measured: per setting, black-box linkability against the avatars counted distorted
+by eye (``benchmarks/eye_labels.py``), over the identities that have both.
+
+    python benchmarks/frontier_plot.py --spec docs/results/frontier_cfp128.json --out docs/results/frontier_cfp128
+
+The spec names the points::
+
+    {"points": [{"name": "high, shape limit 2.0", "records": "docs/results/cells/cfp128_shapelim20",
+                 "cell": "iddm-high-seed0", "labels": [["docs/results/eye_labels/FILE.json", "iddm-high-seed0"]]}]}
+
+``records`` is a benchmark folder or an archive of its records (``benchmarks/archive_cells.py``), ``cell`` the
+cell's folder name there, and each ``labels`` entry a label file with the key its marks of this cell have there.
+The judge's threshold drifted between sheets (vanilla's avatars of the same people read 0.04–0.43 distorted), so
+each sheet's share is taken relative to vanilla's on the same sheet: the excess share of distorted faces, averaged
+over the sheets that labelled the identity. A point with ``"vanilla": true`` is vanilla itself (excess 0).
+
+Writes ``OUT.md`` (per point: identities, dlib and MobileFaceNet R1-U and match, distorted share and its excess
+over vanilla, mean ± sd over identities) and ``OUT.png`` (excess distorted share against dlib R1-U, one marker per
+point with its spread, the privacy target of 2× chance drawn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from iddm.images import atomic_write_text  # noqa: E402
+
+VANILLA_KEY = "vanilla-off-seed0"
+MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "*"]
+LINK = [("dlib", "rank1"), ("dlib", "match_rate"), ("mobilefacenet", "rank1"), ("mobilefacenet", "match_rate")]
+
+
+def distorted_share(marks: list[int]) -> float:
+    """Share of marks that are 1 (distorted) among those below 2 (a face); 0 when no image has a face."""
+    marks_array = np.asarray(marks)
+    faces = int((marks_array < 2).sum())
+    return float((marks_array == 1).sum() / faces) if faces else 0.0
+
+
+def sheet_shares(label_files: list[tuple[dict, str]]) -> dict[str, tuple[float, float]]:
+    """Identity -> (distorted share, its excess over vanilla on the same sheet), averaged over the sheets.
+
+    ``label_files`` pairs each loaded label file (``{"labels": {identity: {key: marks}}}``) with the key of the
+    point's cell in it. A sheet counts for an identity only where it also holds vanilla's marks.
+    """
+    per_identity: dict[str, list[tuple[float, float]]] = {}
+    for labels, key in label_files:
+        for identity, cells in labels["labels"].items():
+            if key in cells and VANILLA_KEY in cells:
+                share = distorted_share(cells[key])
+                per_identity.setdefault(identity, []).append((share, share - distorted_share(cells[VANILLA_KEY])))
+    return {identity: tuple(np.mean(pairs, axis=0)) for identity, pairs in per_identity.items()}
+
+
+def link_rates(records: Path, cell: str) -> dict[str, dict[str, float]]:
+    """Identity -> ``{"dlib rank1": ..., ...}`` read from each ``cells/<identity>/<cell>/cell.json``."""
+    rates = {}
+    for path in sorted(records.glob(f"cells/*/{cell}/cell.json")):
+        backends = json.loads(path.read_text())["backends"]
+        rates[path.parent.parent.name] = {f"{b} {k}": backends[b][k] for b, k in LINK if b in backends}
+    return rates
+
+
+def measure_point(point: dict) -> dict:
+    """One spec point -> its identities and per-identity values (link rates, distorted share, excess)."""
+    rates = link_rates(Path(point["records"]), point["cell"])
+    if point.get("vanilla"):
+        files = [(json.loads(Path(f).read_text()), VANILLA_KEY) for f, _ in point["labels"]]
+        shares = {i: (s, 0.0) for i, (s, _) in sheet_shares(files).items()}
+    else:
+        shares = sheet_shares([(json.loads(Path(f).read_text()), key) for f, key in point["labels"]])
+    identities = sorted(set(rates) & set(shares))
+    if not identities:
+        raise SystemExit(f"{point['name']}: no identity has both a record in {point['records']} and eye labels.")
+    values = {k: [rates[i][k] for i in identities] for k in rates[identities[0]]}
+    values["distorted"] = [shares[i][0] for i in identities]
+    values["excess distorted"] = [shares[i][1] for i in identities]
+    return {"name": point["name"], "identities": identities, "values": values}
+
+
+def table(points: list[dict]) -> str:
+    columns = [f"{b} {k}" for b, k in LINK] + ["distorted", "excess distorted"]
+    lines = [
+        "| setting | identities | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for point in points:
+        cells = [f"{np.mean(v):.2f} ± {np.std(v):.2f}" if (v := point["values"].get(c)) else "–" for c in columns]
+        lines.append(f"| {point['name']} | {len(point['identities'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[dict], chance: float, path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(9.0, 5.0), dpi=120)
+    most = max(len(point["identities"]) for point in points)
+    for index, (point, marker) in enumerate(zip(points, MARKERS * len(points))):
+        x, y = np.array(point["values"]["excess distorted"]), np.array(point["values"]["dlib rank1"])
+        full = len(x) == most  # hollow markers: points measured on fewer people
+        axis.errorbar(
+            x.mean(),
+            y.mean(),
+            xerr=x.std(),
+            yerr=y.std(),
+            fmt=marker,
+            capsize=3,
+            alpha=0.85,
+            markersize=7,
+            color=plt.cm.tab20(2 * index % 20 + 2 * index // 20),
+            markerfacecolor=None if full else "white",
+            label=f"{point['name']} ({len(x)})",
+        )
+    axis.axhline(2 * chance, color="grey", linestyle="--", linewidth=1)
+    axis.text(axis.get_xlim()[0], 2 * chance, " privacy target: 2× chance", fontsize=7, va="bottom", color="grey")
+    axis.axvline(0, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("avatars counted distorted by eye, minus vanilla's on the same sheet (mean ± sd over people)")
+    axis.set_ylabel("black-box dlib rank-1 of the user (mean ± sd)")
+    axis.set_title("Measured frontier: lower left is better (people per point in brackets)", fontsize=9)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, required=True, help="JSON file naming the points (see above).")
+    parser.add_argument("--out", type=Path, required=True, help="Stem of OUT.md and OUT.png.")
+    parser.add_argument("--chance", type=float, default=1 / 64, help="Rank-1 chance: 1 / gallery identities.")
+    args = parser.parse_args()
+    points = [measure_point(point) for point in json.loads(args.spec.read_text())["points"]]
+    text = table(points)
+    atomic_write_text(args.out.with_suffix(".md"), text)
+    plot(points, args.chance, args.out.with_suffix(".png"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The frontier from records and blind eye labels: each sheet's share relative to vanilla's on the same sheet."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("frontier_plot", ROOT / "benchmarks" / "frontier_plot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(path: Path, payload: dict) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+    return str(path)
+
+
+def test_excess_is_taken_against_vanilla_on_the_same_sheet():
+    tool = _tool()
+    # Sheet A: a strict judge (vanilla 1 of 4 distorted); sheet B: a lenient one. Image marked 2 has no face.
+    sheet_a = {"labels": {"u": {"vanilla-off-seed0": [0, 0, 1, 0], "iddm-high-seed0": [1, 1, 0, 2]}}}
+    sheet_b = {"labels": {"u": {"vanilla-off-seed0": [0, 0, 0, 0], "iddm-high-seed0": [1, 0, 0, 0]}}}
+    # Identity "v" has no vanilla marks on its sheet: it cannot count.
+    sheet_c = {"labels": {"v": {"iddm-high-seed0": [1, 1, 1, 1]}}}
+    shares = tool.sheet_shares(
+        [(sheet_a, "iddm-high-seed0"), (sheet_b, "iddm-high-seed0"), (sheet_c, "iddm-high-seed0")]
+    )
+    assert set(shares) == {"u"}
+    share, excess = shares["u"]
+    assert share == pytest.approx((2 / 3 + 1 / 4) / 2)
+    assert excess == pytest.approx(((2 / 3 - 1 / 4) + (1 / 4 - 0)) / 2)
+    assert tool.distorted_share([2, 2]) == 0.0
+
+
+def test_points_pair_records_with_labels_and_write_table_and_plot(tmp_path):
+    tool = _tool()
+    for identity, rank1 in (("u", 0.5), ("w", 0.0)):
+        backends = {"dlib": {"rank1": rank1, "match_rate": 0.25}, "mobilefacenet": {"rank1": 1.0, "match_rate": 0.5}}
+        _write(tmp_path / "records" / "cells" / identity / "iddm-high-seed0" / "cell.json", {"backends": backends})
+        _write(tmp_path / "records" / "cells" / identity / "vanilla-off-seed0" / "cell.json", {"backends": backends})
+    labels = _write(
+        tmp_path / "labels.json",
+        {"labels": {"u": {"vanilla-off-seed0": [0, 1], "iddm-high-seed0": [1, 1]}}},  # "w" was never labelled
+    )
+    records = str(tmp_path / "records")
+    high = tool.measure_point(
+        {"name": "high", "records": records, "cell": "iddm-high-seed0", "labels": [[labels, "iddm-high-seed0"]]}
+    )
+    vanilla = tool.measure_point(
+        {"name": "vanilla", "records": records, "cell": "vanilla-off-seed0", "vanilla": True, "labels": [[labels, ""]]}
+    )
+    assert high["identities"] == ["u"] and high["values"]["dlib rank1"] == [0.5]
+    assert high["values"]["excess distorted"] == [pytest.approx(0.5)]
+    assert vanilla["values"]["distorted"] == [pytest.approx(0.5)] and vanilla["values"]["excess distorted"] == [0.0]
+    text = tool.table([vanilla, high])
+    assert "| high | 1 | 0.50 ± 0.00 | 0.25 ± 0.00 | 1.00 ± 0.00 | 0.50 ± 0.00 | 1.00 ± 0.00 | 0.50 ± 0.00 |" in text
+    tool.plot([vanilla, high], 1 / 64, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no identity"):
+        tool.measure_point({"name": "x", "records": records, "cell": "cloak-high-seed0", "labels": [[labels, "k"]]})
