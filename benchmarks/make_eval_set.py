@@ -18,7 +18,10 @@ With ``--cfp CORPUS`` it writes the CFP evaluation set instead, for the 128-px p
 ``benchmarks/cfp_eval_split.json`` and checked against the corpus), frontal photos 01-04 as ``set_A`` (trained
 on), 05-07 as ``set_B`` (the attacker's reference), 08-10 as ``set_C`` (gallery). The first ``--num_users`` of
 them (sorted) are users, the rest gallery distractors (their ``set_B`` and ``set_C``). CFP is for non-commercial
-research only: the photos are read from the folder you name and never committed.
+research only: the photos are read from the folder you name and never committed. ``--shipped_users`` adds the two
+people whose photos ship with iddm as users (Obama, the test fixtures' 3 / 1; Tony Blair, ``examples/``' 3 / 2):
+the README's pictures on the 128-px prior show them, since CFP's avatars cannot be committed
+(``--cfp CORPUS --num_users 0 --shipped_users --output runs/eval_readme``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ PRETRAINED_LFW = ["Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "George_W_B
 FIXTURE_USERS = {"obama": 3, "macron": 1, "ardern": 1}  # name -> photos trained on (the next one is the reference)
 FIXTURE_DISTRACTORS = ["biden", "sunak"]
 CFP_SPLIT = Path(__file__).resolve().parent / "cfp_eval_split.json"
+SHIPPED_USERS = {"obama": (FIXTURES, "obama_*.jpg", 3), "tony_blair": (ROOT / "examples" / "tony_blair", "*.jpg", 3)}
 CFP_SETS = {"set_A": range(1, 5), "set_B": range(5, 8), "set_C": range(8, 11)}  # frontal_NN numbers
 
 
@@ -76,6 +80,17 @@ def write_cfp(corpus: Path, output: Path, num_users: int) -> int:
     return count
 
 
+def write_shipped_users(output: Path) -> int:
+    """Write the shipped people (``SHIPPED_USERS``: folder, pattern, photos trained on) as users; returns photos."""
+    count = 0
+    for name, (folder, pattern, train) in SHIPPED_USERS.items():
+        photos = sorted(folder.glob(pattern))
+        _copy(photos[:train], output / name / "set_A")
+        _copy(photos[train:], output / name / "set_B")
+        count += len(photos)
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=ROOT / "data" / "eval", help="Folder to (re)write.")
@@ -85,14 +100,19 @@ def main() -> None:
         help="Write the CFP evaluation set from this face corpus folder (holding cfp/); default ../shared/data/faces.",
     )  # fmt: skip
     parser.add_argument("--num_users", type=int, default=20, help="With --cfp: how many held-out people are users.")
+    parser.add_argument(
+        "--shipped_users", action="store_true", help="With --cfp: Obama and Tony Blair (shipped photos) are users too."
+    )
     args = parser.parse_args()
     if args.cfp is not None:
         if not (args.cfp / "cfp").is_dir():
             sys.exit(f"{args.cfp}: no cfp/ folder in it; pass the folder holding the corpora (data/faces/SOURCES.md).")
-        if not 1 <= args.num_users <= 64:
-            sys.exit(f"--num_users must be in 1..64, got {args.num_users}.")
+        if not (0 if args.shipped_users else 1) <= args.num_users <= 64:
+            sys.exit(f"--num_users must be in 1..64 (0 with --shipped_users), got {args.num_users}.")
         shutil.rmtree(args.output, ignore_errors=True)
-        print(f"Wrote {args.output}: {write_cfp(args.cfp, args.output, args.num_users)} photos.")
+        count = write_cfp(args.cfp, args.output, args.num_users)
+        count += write_shipped_users(args.output) if args.shipped_users else 0
+        print(f"Wrote {args.output}: {count} photos.")
         return
     shutil.rmtree(args.output, ignore_errors=True)
     for name in HELD_OUT_LFW:
