@@ -142,7 +142,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="Stem of OUT.md and OUT.png.")
     parser.add_argument("--chance", type=float, default=1 / 64, help="Rank-1 chance: 1 / gallery identities.")
     args = parser.parse_args()
-    points = [measure_point(point) for point in json.loads(args.spec.read_text())["points"]]
+    try:
+        spec = json.loads(args.spec.read_text())["points"]
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"{args.spec}: not a readable spec with a 'points' list ({error}).") from None
+    missing = [
+        p for point in spec for p in [point["records"], *(f for f, _ in point["labels"])] if not Path(p).exists()
+    ]
+    if missing:
+        raise SystemExit(f"{args.spec}: {len(missing)} path(s) it names do not exist, e.g. {missing[0]}.")
+    points = [measure_point(point) for point in spec]
     text = table(points)
     atomic_write_text(args.out.with_suffix(".md"), text)
     plot(points, args.chance, args.out.with_suffix(".png"))
