@@ -7,6 +7,7 @@ import os
 # Tests never reach a model hub: huggingface_hub reads this once, when it is first imported.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import importlib.util  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -80,6 +81,15 @@ TINY_SD_OPTIONS = dict(
     learning_rate=5e-2,
 )
 """``iddm personalize`` options for seconds-long runs on the tiny random SD/SDXL pipelines."""
+
+
+def benchmark_script(name: str):
+    """The module of ``benchmarks/NAME.py`` (scripts, not a package), loaded for its functions."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sigkill_when(argv: list[str], marker: Path, timeout: float) -> None:

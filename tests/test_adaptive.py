@@ -6,7 +6,6 @@ Benchmark-like folders are built here from SFace embeddings of the fixture photo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import benchmark_script
 
 from iddm.evaluate.adaptive import (
     HeadConfig,
@@ -40,10 +40,7 @@ THRESHOLD = 0.363
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("adaptive_attack", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("adaptive_attack")
 
 
 @pytest.fixture(scope="module")

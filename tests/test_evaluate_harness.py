@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_BENCHMARK
+from conftest import TINY_BENCHMARK, benchmark_script
 from PIL import Image
 
 from iddm.cli import main
@@ -433,11 +433,7 @@ def test_archived_records_restore_a_benchmark_that_runs_only_the_rest(
 
 
 def test_archived_records_keep_no_attributes_read_from_the_users_photos():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("archive_cells", ROOT / "benchmarks" / "archive_cells.py")
-    archive_cells = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(archive_cells)
+    archive_cells = benchmark_script("archive_cells")
     read = {"gender": "male", "age": "20-39", "ethnicity": "black"}
     agreement = {"gender": 1.0, "age": 0.5, "ethnicity": 0.0}
     face = {"attributes_photos": dict(read), "attribute_agreement": agreement, "shape_distance": 1.1}

@@ -1,11 +1,11 @@
 """The blind eye-labelling tool: sheets hide the cell, and marks come back to the right images."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import benchmark_script
 from PIL import Image
 
 from iddm.diffusion.loading import load_backbone
@@ -14,10 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("eye_labels", ROOT / "benchmarks" / "eye_labels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("eye_labels")
 
 
 def test_marks_on_shuffled_sheets_come_back_to_their_images(tmp_path):
@@ -58,10 +55,7 @@ def test_marks_on_shuffled_sheets_come_back_to_their_images(tmp_path):
 
 
 def _agreement():
-    spec = importlib.util.spec_from_file_location("eye_agreement", ROOT / "benchmarks" / "eye_agreement.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("eye_agreement")
 
 
 def test_agreement_scores_rank_and_manifold():

@@ -1,19 +1,14 @@
 """The frontier from records and blind eye labels: each sheet's share relative to vanilla's on the same sheet."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import benchmark_script
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("frontier_plot", ROOT / "benchmarks" / "frontier_plot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("frontier_plot")
 
 
 def _write(path: Path, payload: dict) -> str:

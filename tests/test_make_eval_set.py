@@ -1,16 +1,14 @@
 """The README's evaluation users: the shipped people, split into training and reference photos, copied unchanged."""
 
-import importlib.util
 from pathlib import Path
+
+from conftest import benchmark_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("make_eval_set", ROOT / "benchmarks" / "make_eval_set.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("make_eval_set")
 
 
 def test_shipped_users_are_split_and_copied_unchanged(tmp_path):
