@@ -10,8 +10,6 @@ from PIL import Image
 
 from iddm.diffusion.loading import load_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
     return benchmark_script("eye_labels")
