@@ -85,6 +85,12 @@ def unshuffle(key: dict, marks: dict[str, list[int]]) -> dict[str, dict[str, lis
     return labels
 
 
+def distorted_share(marks: list[int]) -> float:
+    """Share of marks that are 1 (distorted) among those below 2 (a face); 0 when no image has a face."""
+    marks_array = np.asarray(marks)
+    return float((marks_array == 1).sum() / max(int((marks_array < 2).sum()), 1))
+
+
 def summary(labels: dict[str, dict[str, list[int]]]) -> str:
     """Per cell kind: the share of distorted faces among those with a face, mean ± sd over identities."""
     kinds = sorted({cell for cells in labels.values() for cell in cells}, key=lambda c: (not c.startswith("van"), c))
@@ -96,7 +102,7 @@ def summary(labels: dict[str, dict[str, list[int]]]) -> str:
     ]
     for kind in kinds:
         marks = [np.array(cells[kind]) for cells in labels.values() if kind in cells]
-        shares = np.array([(m == 1).sum() / max((m < 2).sum(), 1) for m in marks])
+        shares = np.array([distorted_share(m) for m in marks])
         lines.append(
             f"| {kind} | {shares.mean():.2f} ± {shares.std():.2f} | {shares.min():.2f}–{shares.max():.2f} | "
             f"{sum(int((m == 2).sum()) for m in marks)} of {sum(len(m) for m in marks)} |"

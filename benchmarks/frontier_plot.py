@@ -31,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from eye_labels import distorted_share  # noqa: E402  (this folder is on sys.path when the script runs)
 
 from iddm.images import atomic_write_text  # noqa: E402
 
@@ -38,13 +39,6 @@ VANILLA_KEY = "vanilla-off-seed0"
 MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "*"]
 BLACK_BOX = ["dlib", "mobilefacenet"]
 LINK = [("dlib", "rank1"), ("dlib", "match_rate"), ("mobilefacenet", "rank1"), ("mobilefacenet", "match_rate")]
-
-
-def distorted_share(marks: list[int]) -> float:
-    """Share of marks that are 1 (distorted) among those below 2 (a face); 0 when no image has a face."""
-    marks_array = np.asarray(marks)
-    faces = int((marks_array < 2).sum())
-    return float((marks_array == 1).sum() / faces) if faces else 0.0
 
 
 def sheet_shares(label_files: list[tuple[dict, str]]) -> dict[str, tuple[float, float]]:
@@ -74,11 +68,9 @@ def link_rates(records: Path, cell: str) -> dict[str, dict[str, float]]:
 def measure_point(point: dict) -> dict:
     """One spec point -> its identities and per-identity values (link rates, distorted share, excess)."""
     rates = link_rates(Path(point["records"]), point["cell"])
-    if point.get("vanilla"):
-        files = [(json.loads(Path(f).read_text()), VANILLA_KEY) for f, _ in point["labels"]]
-        shares = {i: (s, 0.0) for i, (s, _) in sheet_shares(files).items()}
-    else:
-        shares = sheet_shares([(json.loads(Path(f).read_text()), key) for f, key in point["labels"]])
+    # Vanilla's own point reads vanilla's marks: its excess over itself is 0.
+    keys = [VANILLA_KEY if point.get("vanilla") else key for _, key in point["labels"]]
+    shares = sheet_shares([(json.loads(Path(f).read_text()), k) for (f, _), k in zip(point["labels"], keys)])
     identities = sorted(set(rates) & set(shares))
     if not identities:
         raise SystemExit(f"{point['name']}: no identity has both a record in {point['records']} and eye labels.")

@@ -85,7 +85,10 @@ TINY_SD_OPTIONS = dict(
 
 def benchmark_script(name: str):
     """The module of ``benchmarks/NAME.py`` (scripts, not a package), loaded for its functions."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # as when the script runs: it may import its siblings
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
