@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from iddm.evaluate.cells import load_cell
-from iddm.evaluate.side_by_side import column_labels, side_by_side
+from iddm.evaluate.side_by_side import describe, side_by_side
 from iddm.images import atomic_write_text, save_png
 
 LINK = [("dlib", "rank1"), ("dlib", "match_rate"), ("mobilefacenet", "rank1"), ("mobilefacenet", "match_rate")]
@@ -87,7 +87,7 @@ def main() -> int:
     records += [replace(cells[i], level=name) for name, cells in settings.items() for i in shared]
     grid = side_by_side(records, "/")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    lines += ["", f"`{args.out.name}.png`, per identity: {column_labels(records)}."]
+    lines += ["", f"`{args.out.name}.png`, {describe(records)}."]
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     if grid is not None:
         save_png(args.out.with_suffix(".png"), grid)

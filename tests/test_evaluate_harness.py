@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from iddm.evaluate.cells import plan_cells
 from iddm.evaluate.dataset import Identity, discover_dataset
 from iddm.evaluate.linkability import FaceSet, subset
 from iddm.evaluate.render import aggregate
+from iddm.evaluate.results import CellRecord, from_json
 from iddm.evaluate.robustness import ROBUSTNESS_CONDITIONS
+from iddm.evaluate.side_by_side import describe, side_by_side
 from iddm.images import save_png
 from iddm.schedule import PersonalizeConfig, personalize
 
@@ -291,30 +294,53 @@ def benchmark_out(dataset, personalize_yaml, tmp_path_factory) -> Path:
     return out
 
 
-def test_side_by_side_shows_every_person_and_cell_in_line(benchmark_out):
-    cells = json.loads((benchmark_out / "results.json").read_text())["cells"]
-    generation = np.asarray(Image.open(benchmark_out / cells[0]["images_dir"] / "image_0000.png").convert("RGB"))
-    side, pad = generation.shape[0], 2
-    columns = 2 + 4 + (len(METHODS) - 1) * (1 + 4)  # clean crops, vanilla, then per defense a crop and generations
-    figure = np.asarray(Image.open(benchmark_out / "side_by_side.png").convert("RGB"))
-    assert figure.shape == (3 * (side + pad) + pad, columns * (side + pad) + pad, 3)
-
+def _tiles(figure: np.ndarray, side: int, pad: int = 2):
     def tile(row: int, column: int) -> np.ndarray:
         top, left = pad + row * (side + pad), pad + column * (side + pad)
         return figure[top : top + side, left : left + side]
 
+    return tile
+
+
+def test_side_by_side_shows_every_person_and_defense_in_line(benchmark_out):
+    cells = json.loads((benchmark_out / "results.json").read_text())["cells"]
+    generation = np.asarray(Image.open(benchmark_out / cells[0]["images_dir"] / "image_0000.png").convert("RGB"))
+    side, pad = generation.shape[0], 2
+    defenses = METHODS[1:]
+    columns = 2 + 4 + 1 * (1 + 4)  # clean crops, vanilla, then per level a decoupled crop and generations
+    figure = np.asarray(Image.open(benchmark_out / "side_by_side.png").convert("RGB"))
+    assert figure.shape == (3 * len(defenses) * (side + pad) + pad, columns * (side + pad) + pad, 3)
+    tile = _tiles(figure, side, pad)
+
     identities = list(dict.fromkeys(cell["identity"] for cell in cells))
-    for row, identity in enumerate(identities):
+    for i, identity in enumerate(identities):
         by_method = {cell["method"]: cell for cell in cells if cell["identity"] == identity}
         vanilla = np.asarray(Image.open(benchmark_out / by_method["vanilla"]["images_dir"] / "image_0000.png"))
-        assert np.array_equal(tile(row, 2), vanilla[..., :3])
+        for j, defense in enumerate(defenses):
+            row = i * len(defenses) + j
+            assert np.array_equal(tile(row, 2), vanilla[..., :3])
+            assert tile(row, 0).std() > 10  # a clean crop, not a blank tile
+            generated = np.asarray(Image.open(benchmark_out / by_method[defense]["images_dir"] / "image_0000.png"))
+            assert np.array_equal(tile(row, 7), generated[..., :3])
         decoupled = sorted((benchmark_out / by_method["iddm"]["run_dir"] / "private" / "decoupled_photos").glob("*"))
-        assert np.array_equal(tile(row, 2 + 4 + METHODS.index("iddm") * 5 - 5), np.asarray(Image.open(decoupled[0])))
-        assert tile(row, 0).std() > 10  # a clean crop, not a blank tile
+        assert np.array_equal(tile(i * len(defenses), 6), np.asarray(Image.open(decoupled[0])))
     assert (
-        "side_by_side.png: one row per identity: 2 clean training crops; vanilla: 4 generations"
-        in (benchmark_out / "results.md").read_text()
+        "side_by_side.png: one row per identity and defense (iddm, noise, cloak, aspl): 2 clean training crops; "
+        "vanilla: 4 generations; high: 1 decoupled crop, 4 generations" in (benchmark_out / "results.md").read_text()
     )
+
+
+def test_side_by_side_leaves_a_level_a_defense_did_not_run_white(benchmark_out):
+    cells = [from_json(CellRecord, c) for c in json.loads((benchmark_out / "results.json").read_text())["cells"]]
+    iddm_first = next(c for c in cells if c.method == "iddm")
+    kept = [c for c in cells if c.method in ("vanilla", "iddm", "cloak")] + [replace(iddm_first, level="low")]
+    figure = side_by_side(kept, benchmark_out)
+    side = np.asarray(Image.open(benchmark_out / cells[0].images_dir / "image_0000.png")).shape[0]
+    assert figure.shape[1] == (2 + 4 + 2 * 5) * (side + 2) + 2  # levels high, then low
+    tile = _tiles(figure, side)
+    assert tile(0, 11).std() > 10  # the first identity's iddm row has its "low" crop
+    assert tile(1, 11).min() == 255 and tile(1, 15).min() == 255  # cloak never ran at "low": white
+    assert describe(kept).startswith("one row per identity and defense (iddm, cloak)")
 
 
 def test_benchmark_writes_every_artifact(benchmark_out):

@@ -54,7 +54,7 @@ from iddm.evaluate.purify import default_purifiers
 from iddm.evaluate.render import aggregate, benchmark_html, benchmark_markdown, headline_backend
 from iddm.evaluate.report import json_safe
 from iddm.evaluate.results import CellFailure, CellRecord, csv_row, to_json
-from iddm.evaluate.side_by_side import column_labels, side_by_side
+from iddm.evaluate.side_by_side import describe, side_by_side
 from iddm.faces.mobilefacenet import use_model_path
 from iddm.images import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir, save_png
 
@@ -314,7 +314,7 @@ def _notes(config: BenchmarkConfig, headline: str, records: Sequence[CellRecord]
         f"neighbour, where the pool holds other people's real photos (a domain confound). Here: {sorted(pools)}.",
         "face det. = 1 - FDFR of the generations; BRISQUE: lower = better; PSNR/SSIM: training photos X+δ vs X; "
         "SSIM→vanilla: generations vs the vanilla model's with the same seeds.",
-        f"{SIDE_BY_SIDE_FILE}: one row per identity: {column_labels(records)}.",
+        f"{SIDE_BY_SIDE_FILE}: {describe(records)}.",
     ]
     if config.model == MICRO and (config.max_train_steps or 1500) < 1000:
         notes.append(

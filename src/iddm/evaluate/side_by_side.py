@@ -1,9 +1,11 @@
 """The benchmark's picture of what each defense did to each person (``side_by_side.png``).
 
-One row per identity: its clean training crops, then per cell (vanilla first, then the defenses in the order
-they were planned) the decoupled crop the defense trained on, where it perturbs the photos, and the cell's first
-generations. Only the first personalization seed of each cell is shown. A tile a cell does not have (a failed
-cell, a photo without a face) stays white, so the columns line up across identities.
+One row per identity and defense (the defenses in the order they were planned; one row per identity when only
+vanilla ran): the identity's clean training crops, vanilla's first generations, then per privacy level the
+decoupled crop the defense trained on and that cell's first generations. Every row repeats the photos and vanilla,
+so a row reads on its own and the defenses of one person lie one above the other, level under level. Only the
+first personalization seed of each cell is shown. A tile a cell does not have (a failed cell, a level the defense
+did not run, a photo without a face) stays white, so the columns line up across rows.
 """
 
 from __future__ import annotations
@@ -21,23 +23,23 @@ PHOTOS_SHOWN = 2
 """Clean training crops per row (and decoupled crops per defended cell: 1)."""
 GENERATIONS_SHOWN = 4
 """Generations per cell and row."""
+VANILLA = "vanilla"
 
 
-def cell_columns(records: Sequence[CellRecord]) -> list[tuple[str, str, bool]]:
-    """``(method, level, perturbs photos)`` of every cell kind in ``records``: vanilla first, then as planned."""
-    columns: dict[tuple[str, str], bool] = {}
-    for record in sorted(records, key=lambda r: r.method != "vanilla"):
-        columns.setdefault((record.method, record.level), record.method != "vanilla")
-    return [(method, level, perturbs) for (method, level), perturbs in columns.items()]
+def layout(records: Sequence[CellRecord]) -> tuple[list[str], list[str]]:
+    """``(defenses, levels)`` of :func:`side_by_side`'s rows and columns, each in the order first planned."""
+    defenses = list(dict.fromkeys(r.method for r in records if r.method != VANILLA))
+    levels = list(dict.fromkeys(r.level for r in records if r.method != VANILLA))
+    return defenses, levels
 
 
-def column_labels(records: Sequence[CellRecord]) -> str:
-    """What the columns of :func:`side_by_side` show, left to right, in words."""
-    parts = [f"{PHOTOS_SHOWN} clean training crops"]
-    for method, level, perturbs in cell_columns(records):
-        name = method if method == "vanilla" else f"{method} {level}"
-        parts.append(f"{name}: {'1 decoupled crop, ' if perturbs else ''}{GENERATIONS_SHOWN} generations")
-    return "; ".join(parts)
+def describe(records: Sequence[CellRecord]) -> str:
+    """What the rows and columns of :func:`side_by_side` show, in words."""
+    defenses, levels = layout(records)
+    rows = f"one row per identity and defense ({', '.join(defenses)})" if defenses else "one row per identity"
+    columns = [f"{PHOTOS_SHOWN} clean training crops", f"vanilla: {GENERATIONS_SHOWN} generations"]
+    columns += [f"{level}: 1 decoupled crop, {GENERATIONS_SHOWN} generations" for level in levels]
+    return f"{rows}: {'; '.join(columns)}"
 
 
 def _generations(output_dir: Path, record: CellRecord) -> list[np.ndarray]:
@@ -45,18 +47,31 @@ def _generations(output_dir: Path, record: CellRecord) -> list[np.ndarray]:
     return [load_photo(path) for path in paths]
 
 
-def _row(cells: dict[tuple[str, str], CellRecord], columns, output_dir: Path, blank: np.ndarray) -> list[np.ndarray]:
-    """One identity's tiles (``blank`` where a tile is missing)."""
+def _padded(images: list[np.ndarray], blank: np.ndarray) -> list[np.ndarray]:
+    return images + [blank] * (GENERATIONS_SHOWN - len(images))
+
+
+def _rows(
+    cells: dict[tuple[str, str], CellRecord], defenses: list[str], levels: list[str], output_dir: Path, blank
+) -> list[list[np.ndarray]]:
+    """One identity's rows of tiles, one per defense (vanilla alone without one), ``blank`` where a tile is
+    missing."""
     pairs = {key: perturbation_pairs(output_dir / record.run_dir)[0] for key, record in cells.items()}
+    return [_row(cells, pairs, defense, levels, output_dir, blank) for defense in defenses or [None]]
+
+
+def _row(
+    cells, pairs, defense: str | None, levels: list[str], output_dir: Path, blank: np.ndarray
+) -> list[np.ndarray]:
     clean = next((p for p in pairs.values() if p), [])
     tiles = [image for image, _ in clean[:PHOTOS_SHOWN]]
     tiles += [blank] * (PHOTOS_SHOWN - len(tiles))
-    for method, level, perturbs in columns:
-        record = cells.get((method, level))
-        if perturbs:
-            tiles.append(pairs[(method, level)][0][1] if record is not None and pairs[(method, level)] else blank)
-        images = _generations(output_dir, record) if record is not None else []
-        tiles += images + [blank] * (GENERATIONS_SHOWN - len(images))
+    vanilla = next((record for (method, _), record in cells.items() if method == VANILLA), None)
+    tiles += _padded(_generations(output_dir, vanilla) if vanilla else [], blank)
+    for level in levels:
+        record, pair = cells.get((defense, level)), pairs.get((defense, level))
+        tiles.append(pair[0][1] if pair else blank)
+        tiles += _padded(_generations(output_dir, record) if record else [], blank)
     return tiles
 
 
@@ -72,9 +87,9 @@ def side_by_side(records: Sequence[CellRecord], output_dir: str | Path) -> np.nd
     if sample is None:
         return None
     blank = np.full_like(sample, 255)
-    columns = cell_columns(first)
-    rows = [_row(cells, columns, output_dir, blank) for cells in by_identity.values()]
+    defenses, levels = layout(first)
+    rows = [row for cells in by_identity.values() for row in _rows(cells, defenses, levels, output_dir, blank)]
     return make_grid([tile for row in rows for tile in row], columns=len(rows[0]))
 
 
-__all__ = ["column_labels", "side_by_side"]
+__all__ = ["describe", "layout", "side_by_side"]
