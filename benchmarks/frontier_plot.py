@@ -8,11 +8,12 @@ The spec names the points::
     {"points": [{"name": "high, shape limit 2.0", "records": "docs/results/cells/cfp128_shapelim20",
                  "cell": "iddm-high-seed0", "labels": [["docs/results/eye_labels/FILE.json", "iddm-high-seed0"]]}]}
 
-``records`` is a benchmark folder or an archive of its records (``benchmarks/archive_cells.py``), ``cell`` the
-cell's folder name there, and each ``labels`` entry a label file with the key its marks of this cell have there.
-The judge's threshold drifted between sheets (vanilla's avatars of the same people read 0.04–0.43 distorted), so
-each sheet's share is taken relative to vanilla's on the same sheet: the excess share of distorted faces, averaged
-over the sheets that labelled the identity. A point with ``"vanilla": true`` is vanilla itself (excess 0).
+``records`` is a benchmark folder or an archive of its records (``benchmarks/archive_cells.py``), or a list of them
+(one setting benchmarked in parts), ``cell`` the cell's folder name there, and each ``labels`` entry a label file with
+the key its marks of this cell have there. The judge's threshold drifted between sheets (vanilla's avatars of the same
+people read 0.04–0.43 distorted), so each sheet's share is taken relative to vanilla's on the same sheet: the excess
+share of distorted faces, averaged over the sheets that labelled the identity. A point with ``"vanilla": true`` is
+vanilla itself (excess 0).
 
 Writes ``OUT.md`` (per point: identities, dlib and MobileFaceNet R1-U and match, the better of the two R1-U per
 person (an attacker uses whichever links), distorted share and its excess over vanilla, mean ± sd over identities)
@@ -56,10 +57,17 @@ def sheet_shares(label_files: list[tuple[dict, str]]) -> dict[str, tuple[float, 
     return {identity: tuple(np.mean(pairs, axis=0)) for identity, pairs in per_identity.items()}
 
 
-def link_rates(records: Path, cell: str) -> dict[str, dict[str, float]]:
-    """Identity -> ``{"dlib rank1": ..., ...}`` read from each ``cells/<identity>/<cell>/cell.json``."""
+def record_folders(point: dict) -> list[Path]:
+    """The point's ``records``: one folder or a list of them."""
+    records = point["records"]
+    return [Path(records)] if isinstance(records, str) else [Path(r) for r in records]
+
+
+def link_rates(folders: list[Path], cell: str) -> dict[str, dict[str, float]]:
+    """Identity -> ``{"dlib rank1": ..., ...}`` read from each ``cells/<identity>/<cell>/cell.json`` of
+    ``folders``."""
     rates = {}
-    for path in sorted(records.glob(f"cells/*/{cell}/cell.json")):
+    for path in sorted(p for folder in folders for p in folder.glob(f"cells/*/{cell}/cell.json")):
         backends = json.loads(path.read_text())["backends"]
         rates[path.parent.parent.name] = {f"{b} {k}": backends[b][k] for b, k in LINK if b in backends}
     return rates
@@ -67,7 +75,7 @@ def link_rates(records: Path, cell: str) -> dict[str, dict[str, float]]:
 
 def measure_point(point: dict) -> dict:
     """One spec point -> its identities and per-identity values (link rates, distorted share, excess)."""
-    rates = link_rates(Path(point["records"]), point["cell"])
+    rates = link_rates(record_folders(point), point["cell"])
     # Vanilla's own point reads vanilla's marks: its excess over itself is 0.
     keys = [VANILLA_KEY if point.get("vanilla") else key for _, key in point["labels"]]
     shares = sheet_shares([(json.loads(Path(f).read_text()), k) for (f, _), k in zip(point["labels"], keys)])
@@ -139,7 +147,7 @@ def main() -> int:
     except (OSError, ValueError, KeyError) as error:
         raise SystemExit(f"{args.spec}: not a readable spec with a 'points' list ({error}).") from None
     missing = [
-        p for point in spec for p in [point["records"], *(f for f, _ in point["labels"])] if not Path(p).exists()
+        p for point in spec for p in [*record_folders(point), *(Path(f) for f, _ in point["labels"])] if not p.exists()
     ]
     if missing:
         raise SystemExit(f"{args.spec}: {len(missing)} path(s) it names do not exist, e.g. {missing[0]}.")

@@ -62,3 +62,18 @@ def test_points_pair_records_with_labels_and_write_table_and_plot(tmp_path):
     assert (tmp_path / "frontier.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no identity"):
         tool.measure_point({"name": "x", "records": records, "cell": "cloak-high-seed0", "labels": [[labels, "k"]]})
+
+
+def test_a_point_may_read_its_records_from_several_folders(tmp_path):
+    tool = _tool()
+    for part, identity in (("first", "u"), ("second", "w")):
+        backends = {"dlib": {"rank1": 0.5, "match_rate": 0.25}}
+        _write(tmp_path / part / "cells" / identity / "iddm-medium-seed0" / "cell.json", {"backends": backends})
+    labels = _write(
+        tmp_path / "labels.json",
+        {"labels": {i: {"vanilla-off-seed0": [0, 0], "iddm-medium-seed0": [1, 0]} for i in ("u", "w")}},
+    )
+    point = {"name": "medium", "cell": "iddm-medium-seed0", "labels": [[labels, "iddm-medium-seed0"]]}
+    both = tool.measure_point(point | {"records": [str(tmp_path / "first"), str(tmp_path / "second")]})
+    assert both["identities"] == ["u", "w"]
+    assert tool.measure_point(point | {"records": str(tmp_path / "first")})["identities"] == ["u"]
