@@ -52,7 +52,11 @@ def _padded(images: list[np.ndarray], blank: np.ndarray) -> list[np.ndarray]:
 
 
 def _rows(
-    cells: dict[tuple[str, str], CellRecord], defenses: list[str], levels: list[str], output_dir: Path, blank
+    cells: dict[tuple[str, str], CellRecord],
+    defenses: list[str],
+    levels: list[str],
+    output_dir: Path,
+    blank: np.ndarray,
 ) -> list[list[np.ndarray]]:
     """One identity's rows of tiles, one per defense (vanilla alone without one), ``blank`` where a tile is
     missing."""
@@ -61,7 +65,12 @@ def _rows(
 
 
 def _row(
-    cells, pairs, defense: str | None, levels: list[str], output_dir: Path, blank: np.ndarray
+    cells: dict[tuple[str, str], CellRecord],
+    pairs: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]],
+    defense: str | None,
+    levels: list[str],
+    output_dir: Path,
+    blank: np.ndarray,
 ) -> list[np.ndarray]:
     clean = next((p for p in pairs.values() if p), [])
     tiles = [image for image, _ in clean[:PHOTOS_SHOWN]]
