@@ -59,29 +59,22 @@ def _rows(
     blank: np.ndarray,
 ) -> list[list[np.ndarray]]:
     """One identity's rows of tiles, one per defense (vanilla alone without one), ``blank`` where a tile is
-    missing."""
+    missing. The photos and vanilla's generations are read once and repeated at the head of every row."""
     pairs = {key: perturbation_pairs(output_dir / record.run_dir)[0] for key, record in cells.items()}
-    return [_row(cells, pairs, defense, levels, output_dir, blank) for defense in defenses or [None]]
-
-
-def _row(
-    cells: dict[tuple[str, str], CellRecord],
-    pairs: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]],
-    defense: str | None,
-    levels: list[str],
-    output_dir: Path,
-    blank: np.ndarray,
-) -> list[np.ndarray]:
     clean = next((p for p in pairs.values() if p), [])
-    tiles = [image for image, _ in clean[:PHOTOS_SHOWN]]
-    tiles += [blank] * (PHOTOS_SHOWN - len(tiles))
+    head = [image for image, _ in clean[:PHOTOS_SHOWN]]
+    head += [blank] * (PHOTOS_SHOWN - len(head))
     vanilla = next((record for (method, _), record in cells.items() if method == VANILLA), None)
-    tiles += _padded(_generations(output_dir, vanilla) if vanilla else [], blank)
-    for level in levels:
-        record, pair = cells.get((defense, level)), pairs.get((defense, level))
-        tiles.append(pair[0][1] if pair else blank)
-        tiles += _padded(_generations(output_dir, record) if record else [], blank)
-    return tiles
+    head += _padded(_generations(output_dir, vanilla) if vanilla else [], blank)
+    rows = []
+    for defense in defenses or [None]:
+        tiles = list(head)
+        for level in levels:
+            record, pair = cells.get((defense, level)), pairs.get((defense, level))
+            tiles.append(pair[0][1] if pair else blank)
+            tiles += _padded(_generations(output_dir, record) if record else [], blank)
+        rows.append(tiles)
+    return rows
 
 
 def side_by_side(records: Sequence[CellRecord], output_dir: str | Path) -> np.ndarray | None:
