@@ -123,3 +123,31 @@ def test_the_pixel_backbone_checkpoints_its_unet_only_and_keeps_its_result(photo
     _, old = _round(backbone, photos64, saving=False, steps=2)
     _, new = _round(backbone, photos64, saving=True, steps=2)
     torch.testing.assert_close(new["delta"], old["delta"], rtol=0, atol=1e-6)
+
+
+def test_the_iddm_objective_encodes_the_photos_once_for_both_model_terms(photos64, monkeypatch):
+    """x̂0's identity term and the realism term start from one encoding (the encoder's cost, paid once) and still
+    draw their own VAE samples: the loss equals the two terms computed apart on the same random stream."""
+    backbone = _tiny_sd_lora()
+    backbone.train(False)
+    settings = _settings(False, eot=[], warp=0.0, lambda_natural=1.0, lambda_data=0.0, lambda_fid=0.0)
+    optimizer = build_data_optimizer(settings, photos64, torch.device("cpu"))
+    with torch.no_grad():
+        conditioning = backbone.encode_prompts([PROMPT] * len(photos64))
+    images = photos64.images
+
+    def inputs(seed: int) -> ObjectiveInputs:
+        generator = torch.Generator().manual_seed(seed)
+        return ObjectiveInputs(images, backbone, conditioning, optimizer.identity, settings, generator)
+
+    apart = inputs(7)
+    x0 = backbone.denoised_estimate(images, conditioning, apart.generator, settings.max_denoise_timestep)
+    expected = settings.lambda_gen * apart.identity_of(x0)[0]
+    expected = expected + backbone.training_loss(images, conditioning, apart.generator).mean()
+
+    calls = []
+    encode = backbone.encode
+    monkeypatch.setattr(backbone, "encode", lambda photos: calls.append(len(photos)) or encode(photos))
+    loss, logged = OBJECTIVES["iddm"](inputs(7), images, torch.zeros_like(images))
+    assert calls == [len(images)] and "natural" in logged
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

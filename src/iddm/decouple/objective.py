@@ -174,12 +174,15 @@ def iddm_objective(inputs: ObjectiveInputs, base: torch.Tensor, delta: torch.Ten
     s = inputs.settings
     images = apply(base, delta)
     loss, logged = images.new_zeros(()), {}
+    # Both terms start from the same encoding: the encoder (most of a 128-px prior's cost) runs forward and
+    # backward once per step instead of twice; every random draw stays in its place.
+    encoded = inputs.backbone.encode(images) if s.lambda_gen > 0 or s.lambda_natural > 0 else None
     if s.lambda_gen > 0:
-        x0 = inputs.backbone.denoised_estimate(images, inputs.conditioning, inputs.generator, s.max_denoise_timestep)
+        x0 = inputs.backbone.denoised_estimate(encoded, inputs.conditioning, inputs.generator, s.max_denoise_timestep)
         id_loss, logged["x0"] = inputs.identity_of(x0)
         loss = loss + s.lambda_gen * id_loss
     if s.lambda_natural > 0:
-        natural = inputs.backbone.training_loss(images, inputs.conditioning, inputs.generator).mean()
+        natural = inputs.backbone.training_loss(encoded, inputs.conditioning, inputs.generator).mean()
         logged["natural"] = float(natural.detach())
         loss = loss + s.lambda_natural * natural
     return _data_terms(inputs, images, base, loss, logged)

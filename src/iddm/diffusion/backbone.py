@@ -278,16 +278,18 @@ class Backbone(ABC):
 
     def denoised_estimate(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | LatentDistribution,
         conditioning: Conditioning,
         generator: torch.Generator,
         max_timestep: int | None = None,
     ) -> torch.Tensor:
-        """One-step estimate x̂0 ``(N, 3, H, W)`` in ``[0, 1]`` of noised ``images``, differentiable w.r.t. them.
+        """One-step estimate x̂0 ``(N, 3, H, W)`` in ``[0, 1]`` of noised ``images`` ``(N, 3, H, W)`` in ``[0, 1]``
+        (or their :meth:`encode`), differentiable w.r.t. them.
 
         Timesteps are drawn uniformly in ``[0, max_timestep)`` (default: every training timestep).
         """
-        latents = self.to_diffusion_space(images, generator=generator)
+        distribution = images if isinstance(images, LatentDistribution) else self.encode(images)
+        latents = distribution.sample(generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
         steps = self.noise_scheduler.config.num_train_timesteps
         high = min(max_timestep, steps) if max_timestep is not None else steps
