@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=None, help="JSON file to write (default: print only).")
     args = parser.parse_args(argv)
 
-    info = json.loads((prior_path(args.prior) / PRIOR_FILE).read_text())
-    config = info["pretrain_config"]
-    found = find_identities(args.corpus)
+    try:
+        config = json.loads((prior_path(args.prior) / PRIOR_FILE).read_text())["pretrain_config"]
+        found = find_identities(args.corpus)
+    except (OSError, KeyError, ValueError) as err:  # PhotoError is a ValueError
+        sys.exit(f"corpus_face_rate: {err}")
     held_out = set(split_cfp(list(found), config["held_out_cfp"]))
     files = [
         path

@@ -174,8 +174,8 @@ def iddm_objective(inputs: ObjectiveInputs, base: torch.Tensor, delta: torch.Ten
     s = inputs.settings
     images = apply(base, delta)
     loss, logged = images.new_zeros(()), {}
-    # Both terms start from the same encoding: the encoder (most of a 128-px prior's cost) runs forward and
-    # backward once per step instead of twice; every random draw stays in its place.
+    # Both terms start from the same encoding: the encoder (on the 128-px prior a fifth of a data step) runs
+    # forward and backward once per step instead of twice; every random draw stays in its place.
     encoded = inputs.backbone.encode(images) if s.lambda_gen > 0 or s.lambda_natural > 0 else None
     if s.lambda_gen > 0:
         x0 = inputs.backbone.denoised_estimate(encoded, inputs.conditioning, inputs.generator, s.max_denoise_timestep)
