@@ -31,8 +31,9 @@ from iddm.prior import (
     verify_manifest,
     write_manifest,
 )
+from iddm.prior.captions import caption
 from iddm.prior.cli import add_commands
-from iddm.prior.data import find_identities, is_excluded, load_corpus
+from iddm.prior.data import find_identities, is_excluded, load_corpus, with_gray_copies
 from iddm.prior.train import list_checkpoints, min_snr_weights
 from iddm.weights import prior_path
 
@@ -331,6 +332,31 @@ def test_grey_and_colour_mixed_in_one_identity_are_captioned_per_photo(corpus_di
     assert torch.equal(images[1], images[0].flip(-1))
 
 
+def test_grey_copies_are_the_luma_of_a_seeded_share_of_colour_crops_captioned_black_and_white(corpus_dir):
+    corpus = load_corpus(corpus_dir, [], 32, 0.25)
+    colour = np.flatnonzero(~corpus.gray)
+    assert len(colour) == 2 and with_gray_copies(corpus, 0.0) is corpus
+    copied = with_gray_copies(corpus, 1.0)
+    n = len(corpus)
+    assert len(copied) == n + 2 and copied.gray_copies == 2 and copied.gray[n:].all()
+    for original, copy in zip(colour, range(n, n + 2), strict=True):
+        pixels = copied.images[copy]
+        assert (pixels == pixels[..., :1]).all()  # one value in all three channels
+        reference = np.asarray(Image.fromarray(corpus.images[original]).convert("L"), dtype=np.int16)
+        assert np.abs(pixels[..., 0].astype(np.int16) - reference).max() <= 1  # PIL's luma, rounded its own way
+        assert copied.identities[copy] == corpus.identities[original]
+        assert np.array_equal(copied.coverage[copy], corpus.coverage[original])
+        assert caption(copied.labels[copy]).startswith("a black and white photo of")
+        assert not caption(corpus.labels[original]).startswith("a black and white")
+    assert copied.fingerprint != corpus.fingerprint  # their latents are cached apart
+    summary = copied.summary()
+    assert summary["photos_used"] == n and summary["gray_copies"] == 2 and summary["color_photos"] == 2
+    half = [with_gray_copies(corpus, 0.5, seed=seed) for seed in (0, 0)]
+    assert half[0].gray_copies == 1 and np.array_equal(half[0].images, half[1].images)
+    with pytest.raises(ValueError, match="gray_copies"):
+        with_gray_copies(corpus, 1.5)
+
+
 def test_corrupt_file_is_skipped_and_listed_or_refused(corpus_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(corpus_dir, data)
@@ -412,6 +438,14 @@ def test_init_from_a_prior_starts_from_its_unet_and_refuses_another_shape(corpus
         assert (first / name).read_bytes() != b""
         ours, theirs = load_file(tuned / name), load_file(first / name)
         assert all(torch.equal(ours[key], theirs[key]) for key in theirs), name  # learning rate 0: unchanged
+    # Grey copies change the corpus' latent statistics; the fine-tuned UNet keeps the scale it learned on.
+    grey = tmp_path / "grey"
+    overrides.update(gray_copies=1.0)
+    pretrain(build_config(PretrainConfig, {**taef2, **overrides, "data_dir": corpus_dir, "output_dir": grey}))
+    statistics = [json.loads((folder / "vae" / "config.json").read_text()) for folder in (first, grey)]
+    for key in ("latents_mean", "latents_std", "scaling_factor"):
+        assert statistics[0][key] == statistics[1][key], key
+    assert json.loads((grey / PRIOR_FILE).read_text())["corpus"]["gray_copies"] == 2
     flags = ["--autoencoder", "taef2", "--init_from"]
     err = _pretrain_error(corpus_dir, tmp_path, capsys, *flags, str(first), "--unet_channels", "16", "16")
     assert "does not fit the architecture" in err
@@ -421,6 +455,7 @@ def test_init_from_a_prior_starts_from_its_unet_and_refuses_another_shape(corpus
 
 def test_fp16_on_cpu_and_bad_architecture_are_clear_errors(corpus_dir, tmp_path, capsys):
     assert "must be positive" in _pretrain_error(corpus_dir, tmp_path, capsys, "--snr_gamma", "0")
+    assert "must be in [0, 1]" in _pretrain_error(corpus_dir, tmp_path, capsys, "--gray_copies", "1.5")
     assert "needs a CUDA GPU" in _pretrain_error(corpus_dir, tmp_path, capsys, "--mixed_precision", "fp16", "--cpu")
     err = _pretrain_error(corpus_dir, tmp_path, capsys, "--unet_attention_levels", "5")
     assert "out of range" in err

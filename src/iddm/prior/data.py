@@ -50,6 +50,8 @@ class Corpus:
         fingerprint: SHA-256 over the used files' contents and order (keys caches of their latents).
         coverage: ``(N, R, R)`` bool, the crop's pixel lies inside its photo (elsewhere the crop is the photo's
             mirrored border; :func:`iddm.diffusion.data.crop_coverage`); ``None`` when not computed.
+        gray_copies: how many of the crops (the last ones) are black-and-white copies of colour crops
+            (:func:`with_gray_copies`), not photos of their own.
     """
 
     images: np.ndarray
@@ -61,6 +63,7 @@ class Corpus:
     excluded: list[str] = field(default_factory=list)
     fingerprint: str = ""
     coverage: np.ndarray | None = None
+    gray_copies: int = 0
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,16 +73,19 @@ class Corpus:
         return len(set(self.identities))
 
     def summary(self) -> dict:
-        """JSON-friendly counts: photos, identities, colour/grey, detection rate, skipped files, held out."""
-        attempted = len(self.paths) + len(self.skipped)
+        """JSON-friendly counts: photos, identities, colour/grey, grey copies, detection rate, skipped files, held
+        out. Photo counts and labels are of the photos; the grey copies are counted apart."""
+        photos = len(self.paths) - self.gray_copies
+        attempted = photos + len(self.skipped)
         return {
-            "photos_used": len(self.paths),
+            "photos_used": photos,
             "photos_skipped": len(self.skipped),
-            "face_detection_rate": len(self.paths) / attempted if attempted else float("nan"),
+            "face_detection_rate": photos / attempted if attempted else float("nan"),
             "identities": self.num_identities,
-            "color_photos": int((~self.gray).sum()),
-            "gray_photos": int(self.gray.sum()),
-            "labels": label_counts(self.labels),
+            "color_photos": int((~self.gray[:photos]).sum()),
+            "gray_photos": int(self.gray[:photos].sum()),
+            "gray_copies": self.gray_copies,
+            "labels": label_counts(self.labels[:photos]),
             "held_out_identities": self.excluded,
             "skipped": self.skipped,
         }
@@ -106,6 +112,43 @@ class Corpus:
         coverage = torch.from_numpy(self.coverage).unsqueeze(1)
         masks = latent_keep_mask(coverage, (grid, grid))
         return torch.stack([masks, masks.flip(-1)], dim=1).flatten(0, 1) if flip else masks
+
+
+def with_gray_copies(corpus: Corpus, share: float, seed: int = 0) -> Corpus:
+    """``corpus`` with black-and-white copies of a seeded ``share`` (0..1) of its colour crops appended.
+
+    A copy is its crop's ITU-R BT.601 luma in all three channels, labelled ``gray="yes"`` (so captioned "a black
+    and white photo of ...") and otherwise as its crop (identity, labels, coverage). A corpus' own grey photos are
+    few (ORL and a few LFW and CFP photos); the copies teach the black-and-white prompt every corpus' faces. The
+    fingerprint covers the copies, so their latents are cached apart from the plain corpus'.
+
+    Raises:
+        ValueError: ``share`` outside ``[0, 1]``, or ``corpus`` already has copies.
+    """
+    if not 0 <= share <= 1:
+        raise ValueError(f"--gray_copies must be in [0, 1], got {share}.")
+    if corpus.gray_copies:
+        raise ValueError("This corpus already has grey copies.")
+    colour = np.flatnonzero(~corpus.gray)
+    count = round(share * len(colour))
+    if count == 0:
+        return corpus
+    chosen = np.sort(np.random.default_rng(seed).choice(colour, size=count, replace=False))
+    luma = corpus.images[chosen].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    copies = np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    digest = hashlib.sha256(f"{corpus.fingerprint}|gray_copies:{share}:{seed}".encode()).hexdigest()
+    return Corpus(
+        images=np.concatenate([corpus.images, copies]),
+        gray=np.concatenate([corpus.gray, np.ones(count, dtype=bool)]),
+        labels=corpus.labels + [{**corpus.labels[i], "gray": "yes"} for i in chosen],
+        identities=corpus.identities + [corpus.identities[i] for i in chosen],
+        paths=corpus.paths + [corpus.paths[i] for i in chosen],
+        skipped=corpus.skipped,
+        excluded=corpus.excluded,
+        fingerprint=digest,
+        coverage=None if corpus.coverage is None else np.concatenate([corpus.coverage, corpus.coverage[chosen]]),
+        gray_copies=count,
+    )
 
 
 def label_counts(labels: list[dict[str, str]]) -> dict[str, dict[str, int]]:

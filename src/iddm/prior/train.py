@@ -35,7 +35,7 @@ from iddm.diffusion.tiny import build_clip_tokenizer
 from iddm.images import check_writable_location, ensure_writable_dir
 from iddm.prior.captions import CaptionBank, batch_captions
 from iddm.prior.config import PretrainConfig
-from iddm.prior.data import Corpus, load_corpus
+from iddm.prior.data import Corpus, load_corpus, with_gray_copies
 from iddm.prior.latents import CACHE_DIR, cache_key, encode_corpus, module_digest
 from iddm.prior.models import build_models, check_architecture, vae_factor
 from iddm.prior.output import write_prior
@@ -111,6 +111,8 @@ def _check_config(config: PretrainConfig) -> Path:
         raise ValueError("--init_from needs --autoencoder taef2: a retrained autoencoder has other latents.")
     if config.init_from is not None:
         _init_files(config.init_from)  # a missing prior stops here, before the corpus is read
+    if not 0 <= config.gray_copies <= 1:
+        raise ValueError(f"--gray_copies must be in [0, 1], got {config.gray_copies}.")
     if config.held_out_cfp < 0:
         raise ValueError(f"--held_out_cfp must be at least 0, got {config.held_out_cfp}.")
     if config.unet_steps < 1 or (config.autoencoder == "train" and config.vae_steps < 1):
@@ -135,11 +137,16 @@ def cached_latents(vae, corpus: Corpus, config: PretrainConfig, output_dir: Path
         raise ValueError("The latent cache holds raw latents: encode with an autoencoder without latents_mean.")
     key = cache_key(corpus.fingerprint, config.resolution, config.margin, config.flip, module_digest(vae))
     mean = encode_corpus(vae, corpus.images, output_dir / CACHE_DIR / key, flip=config.flip)
+    # A fine-tuned UNet keeps the latent scale it learned: the statistics of the prior it starts from.
+    start = _init_normalization(config) if config.init_from is not None else None
     if config.latent_normalization == "per_channel":
-        channel_mean, channel_std = mean.mean(dim=(0, 2, 3)), mean.std(dim=(0, 2, 3))
+        if start is not None:
+            channel_mean, channel_std = torch.tensor(start["latents_mean"]), torch.tensor(start["latents_std"])
+        else:
+            channel_mean, channel_std = mean.mean(dim=(0, 2, 3)), mean.std(dim=(0, 2, 3))
         mean = (mean - channel_mean.view(1, -1, 1, 1)) / channel_std.view(1, -1, 1, 1)
         vae.register_to_config(latents_mean=channel_mean.tolist(), latents_std=channel_std.tolist())
-    scaling = float(1.0 / mean.std())
+    scaling = float(start["scaling_factor"]) if start is not None else float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=scaling)
     logger.info("Latents %s of %d crops, scaling factor %.4f.", tuple(mean.shape[1:]), len(mean), scaling)
     return {"mean": mean, "std": None, "scaling": torch.tensor(scaling)}
@@ -233,17 +240,37 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     )
 
 
+def _prior_folder(source: str) -> Path:
+    return prior_path(source) if source.startswith("iddm:") else Path(source)
+
+
 def _init_files(source: str) -> dict[str, Path]:
     """The UNet and text-encoder weight files of the prior ``source`` (a shipped name or a folder)."""
-    folder = prior_path(source) if source.startswith("iddm:") else Path(source)
+    folder = _prior_folder(source)
     files = {
         "unet": folder / "unet" / "diffusion_pytorch_model.safetensors",
         "text_encoder": folder / "text_encoder" / "model.safetensors",
     }
-    for path in files.values():
+    for path in (*files.values(), folder / "vae" / "config.json"):
         if not path.is_file():
             raise FileNotFoundError(f"--init_from {source}: {path} is missing; give a face prior's folder.")
     return files
+
+
+def _init_normalization(config: PretrainConfig) -> dict:
+    """The latent statistics (``latents_mean``, ``latents_std``, ``scaling_factor``) of the ``--init_from`` prior's
+    autoencoder config.
+
+    Raises:
+        ValueError: that prior normalizes its latents otherwise than ``--latent_normalization``.
+    """
+    statistics = json.loads((_prior_folder(config.init_from) / "vae" / "config.json").read_text())
+    if (statistics.get("latents_mean") is not None) != (config.latent_normalization == "per_channel"):
+        raise ValueError(
+            f"--init_from {config.init_from} normalizes its latents otherwise than --latent_normalization "
+            f"{config.latent_normalization}; its UNet would see latents at another scale."
+        )
+    return statistics
 
 
 def _init_from_prior(unet, text_encoder, source: str) -> None:
@@ -267,13 +294,16 @@ def _load_corpus(config: PretrainConfig) -> Corpus:
         config.skip_bad_photos,
         config.held_out_cfp,
     )
+    corpus = with_gray_copies(corpus, config.gray_copies, config.seed)
     summary = corpus.summary()
     logger.info(
-        "Corpus: %d photos of %d identities (%d colour, %d grey), face detection rate %.3f; %d identities held out.",
+        "Corpus: %d photos of %d identities (%d colour, %d grey, %d grey copies), face detection rate %.3f; %d "
+        "identities held out.",
         summary["photos_used"],
         summary["identities"],
         summary["color_photos"],
         summary["gray_photos"],
+        summary["gray_copies"],
         summary["face_detection_rate"],
         len(summary["held_out_identities"]),
     )
