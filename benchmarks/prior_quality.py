@@ -7,8 +7,9 @@ Fréchet distance between its samples and held-out real faces.
 * Samples: ``--samples_per_prompt`` images per prompt through plain diffusers (``StableDiffusionPipeline``),
   sample ``i`` of every prompt with seed ``i``; the prompts are the prior's own (its ``iddm_prior.json``: the
   sample prompts of a label-captioned prior, or the colour and black-and-white captions). Per prompt: the share
-  with a face found by YuNet, the mean colourfulness and the share that reads as black and white
-  (colourfulness < ``GRAY_COLOURFULNESS``).
+  with a face found by YuNet and by a second, unrelated detector (dlib's HOG frontal detector, upsampled once; the
+  same two on the held-out real crops for reference), the mean colourfulness and the share that reads as black and
+  white (colourfulness < ``GRAY_COLOURFULNESS``).
 * Autoencoder: PSNR / SSIM of ``decode(encode(x))`` on aligned crops (the prior's resolution and margin) of people
   never seen in pretraining: the three held-out LFW people of ``data/faces`` and, with ``--corpus``, the 64
   held-out CFP people (frontal photos; ``benchmarks/cfp_eval_split.json``).
@@ -97,6 +98,15 @@ def face_layout(images: list[np.ndarray], resolution: int, margin: float) -> dic
     return {"share_face_in_place": float(np.mean(in_place)), "share_second_face": float(np.mean(second))}
 
 
+def dlib_face_rate(images: list[np.ndarray]) -> float:
+    """Share of ``images`` (uint8 RGB) in which dlib's HOG frontal face detector (upsampled once, so that faces of
+    a 128-px crop reach its 80-px window) finds a face: a second opinion beside YuNet, trained on other data."""
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    return float(np.mean([len(detector(np.ascontiguousarray(image), 1)) > 0 for image in images]))
+
+
 def prompts_of(info: dict) -> list[str]:
     captions = info["captions"]
     return list(captions["examples"]) if "examples" in captions else [captions["color"], captions["gray"]]
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         colour = np.array([colourfulness(image) for image in images])
         per_prompt[prompt] = {
             "face_detection_rate": float(np.mean([len(detect_faces(image)) > 0 for image in images])),
+            "face_detection_rate_dlib_hog": dlib_face_rate(images),
             "colourfulness": float(colour.mean()),
             "share_black_and_white": float((colour < GRAY_COLOURFULNESS).mean()),
             **face_layout(images, resolution, margin),
@@ -153,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         rebuilt = reconstruct(pipeline, real)
         psnr_db, ssim_value = mean_psnr_ssim(real, rebuilt)
         autoencoder[key] = {"num": len(real), "psnr_db": psnr_db, "ssim": ssim_value}
-        layouts[key] = face_layout(real, resolution, margin)  # the same measure on real crops, for reference
+        # the same measures on real crops, for reference
+        layouts[key] = {**face_layout(real, resolution, margin), "face_detection_rate_dlib_hog": dlib_face_rate(real)}
         if key == "lfw":
             save_png(REPO / "docs/images" / f"{args.name}_autoencoder.png", make_grid(real[::15] + rebuilt[::15], 10))
     facenet = load_recognizer("facenet")
