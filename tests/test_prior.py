@@ -450,6 +450,8 @@ def test_init_from_a_prior_starts_from_its_unet_and_refuses_another_shape(corpus
     err = _pretrain_error(corpus_dir, tmp_path, capsys, *flags, str(first), "--unet_channels", "16", "16")
     assert "does not fit the architecture" in err
     assert "is missing" in _pretrain_error(corpus_dir, tmp_path, capsys, *flags, str(tmp_path / "nowhere"))
+    err = _pretrain_error(corpus_dir, tmp_path, capsys, *flags, str(first), "--latent_normalization", "scalar")
+    assert "normalizes its latents otherwise" in err
     assert "needs --autoencoder taef2" in _pretrain_error(corpus_dir, tmp_path, capsys, "--init_from", str(first))
 
 

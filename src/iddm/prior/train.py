@@ -109,8 +109,9 @@ def _check_config(config: PretrainConfig) -> Path:
         raise ValueError(f"--snr_gamma must be positive (or empty for plain MSE), got {config.snr_gamma}.")
     if config.init_from is not None and config.autoencoder != "taef2":
         raise ValueError("--init_from needs --autoencoder taef2: a retrained autoencoder has other latents.")
-    if config.init_from is not None:
-        _init_files(config.init_from)  # a missing prior stops here, before the corpus is read
+    if config.init_from is not None:  # a missing or mismatched prior stops here, before the corpus is read
+        _init_files(config.init_from)
+        _init_normalization(config)
     if not 0 <= config.gray_copies <= 1:
         raise ValueError(f"--gray_copies must be in [0, 1], got {config.gray_copies}.")
     if config.held_out_cfp < 0:
